@@ -1,0 +1,39 @@
+//! The library every Confab binary shares.
+//!
+//! It owns what must be the same everywhere: typed configuration from the
+//! environment ([`config`]), the versioned Kafka record ([`record`]), JWT
+//! issuing and checking ([`jwt`]), Postgres pools and migrations ([`db`]),
+//! Kafka client settings ([`kafka`]), logs and metrics ([`telemetry`]),
+//! health and metrics endpoints ([`ops`]) and graceful shutdown ([`shutdown`]).
+
+pub mod config;
+pub mod db;
+pub mod jwt;
+pub mod kafka;
+pub mod ops;
+pub mod record;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// The channel name of a room, `room:<id>`.
+pub fn room_channel(room_id: uuid::Uuid) -> String {
+    format!("room:{room_id}")
+}
+
+/// The room id in a channel name, if it is a room channel.
+pub fn parse_room_channel(channel: &str) -> Option<uuid::Uuid> {
+    channel.strip_prefix("room:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn room_channels_round_trip() {
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(super::parse_room_channel(&super::room_channel(id)), Some(id));
+        assert_eq!(super::parse_room_channel("room:nope"), None);
+        assert_eq!(super::parse_room_channel(&format!("chat:{id}")), None);
+    }
+}

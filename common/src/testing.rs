@@ -1,0 +1,58 @@
+//! Helpers for integration tests against the real PostgreSQL and broker.
+//!
+//! Tests read `DATABASE_URL` and `KAFKA_BROKERS` from the environment; the
+//! README's test command (`ops/test`) starts both and sets them. Each test gets
+//! its own database and topic, so tests run in parallel without sharing state.
+
+use crate::config::KafkaConfig;
+
+/// The address of a service the tests need, or a panic that says how to get it.
+pub fn require_env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: run the tests through `ops/test`, which starts PostgreSQL and the broker")
+    })
+}
+
+/// A fresh, migrated database. It is not dropped, so a failing test leaves it
+/// to inspect; `ops/test` drops old `confab_test_*` databases at start.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// A URL for the new database.
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin_url = require_env("DATABASE_URL");
+        let name = format!("confab_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = crate::db::connect(&admin_url)
+            .await
+            .expect("connect to DATABASE_URL");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = crate::db::with_database(&admin_url, &name);
+        let mut client = crate::db::connect(&url).await.expect("connect to test db");
+        crate::db::migrate(&mut client).await.expect("migrate");
+        Self { url, name }
+    }
+}
+
+/// Kafka settings for a fresh topic with `partitions` partitions.
+pub async fn test_topic(partitions: i32) -> KafkaConfig {
+    let config = KafkaConfig {
+        brokers: require_env("KAFKA_BROKERS"),
+        topic: format!("confab.test.{}", uuid::Uuid::new_v4().simple()),
+        fetch_wait_max_ms: 10,
+        message_timeout_ms: 10_000,
+    };
+    crate::kafka::ensure_topic(&config, &config.topic, partitions)
+        .await
+        .expect("create test topic");
+    config
+}
+
+/// A JWT secret for tests.
+pub const TEST_JWT_SECRET: &str = "confab-test-secret-0123456789";
