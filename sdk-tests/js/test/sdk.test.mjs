@@ -1,0 +1,406 @@
+// centrifuge-js v5 (unmodified, from npm) against a running Confab stack.
+// Sequence: connect → subscribe with getToken → publish/receive → disconnect while
+// others publish → reconnect and recover → token expiry and refresh; plus presence,
+// history, invalid publish, subscribe without a valid token (103) and membership events.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  api, registerUser, createRoom, joinRoom, subscriptionToken, mintAccess, mintSub, forgedSecret,
+  newClient, connect, newSub, subscribe, closeAll, waitFor, sleep, chat, assertStrictlyIncreasing,
+  replyTo, allReplies, dumpFrames,
+} from '../support/lib.mjs';
+
+after(() => closeAll());
+
+const T = { timeout: 60000 };
+
+/** A room with an owner and `n - 1` more members, each connected and subscribed. */
+async function roomWith(n, subOpts = {}) {
+  const users = [];
+  for (let i = 0; i < n; i++) users.push(await registerUser(`js${i}`));
+  const room = await createRoom(users[0]);
+  for (const u of users.slice(1)) await joinRoom(u, room);
+  const members = [];
+  for (const u of users) {
+    const cl = newClient(u);
+    await connect(cl);
+    const rec = newSub(cl, u, room, { recoverable: true, ...subOpts });
+    const subscribed = await subscribe(cl, rec);
+    members.push({ u, cl, rec, subscribed });
+  }
+  return { room, members };
+}
+
+const describeAll = (members) => () => members.map((m) => `--- ${m.u.user.username}\n${dumpFrames(m.cl.frames, 25)}`).join('\n');
+
+test('1-3. connect and subscribe with getToken; publish and receive (publisher included, exact data, same offsets)', T, async () => {
+  const { room, members } = await roomWith(2);
+  const [a, b] = members;
+  for (const m of members) {
+    assert.equal(m.cl.tokenCalls, 1, 'connection token came from getToken exactly once');
+    assert.equal(m.rec.tokenCalls, 1, 'subscription token came from getToken exactly once');
+    const { reply } = replyTo(m.cl.frames, 'connect');
+    assert.ok(reply && reply.connect && typeof reply.connect.client === 'string' && reply.connect.client.length > 0,
+      `connect reply carries a client id: ${JSON.stringify(reply)}`);
+    assert.equal(m.subscribed.channel, room.channel);
+    assert.equal(m.subscribed.recoverable, true, `subscribe reply says recoverable: ${JSON.stringify(replyTo(m.cl.frames, 'subscribe'))}`);
+    assert.equal(typeof m.subscribed.streamPosition?.epoch, 'string');
+  }
+
+  const sent = [
+    [a, { text: 'hello from a' }],
+    [b, { text: 'héllo from b 🌍 "quoted" \\ back\\slash\nnewline <tag> &amp;' }],
+    [a, { text: 'x'.repeat(4000) }],
+    [b, { text: '   spaces   ' }],
+    [a, { text: 'last one' }],
+  ];
+  for (const [m, data] of sent) {
+    await m.rec.sub.publish(data);
+  }
+  for (const m of members) {
+    await waitFor(() => chat(m.rec.pubs).length >= sent.length, 10000, describeAll(members));
+  }
+  // Let anything extra (a duplicate) arrive before comparing.
+  await sleep(300);
+  const offsetsBy = [];
+  for (const m of members) {
+    const got = chat(m.rec.pubs);
+    assert.equal(got.length, sent.length, `${m.u.user.username} got exactly ${sent.length} chat publications`);
+    got.forEach((p, i) => {
+      assert.deepEqual(p.data, sent[i][1], `data of publication ${i} arrives exactly as sent`);
+      assert.equal(p.info?.user, sent[i][0].u.user.id, `info.user of publication ${i} is the sender's user id`);
+      assert.equal(p.channel, room.channel);
+      assert.equal(typeof p.offset, 'number', `publication ${i} has a numeric offset: ${JSON.stringify(p)}`);
+    });
+    const offsets = got.map((p) => p.offset);
+    assertStrictlyIncreasing(offsets, m.u.user.username);
+    offsetsBy.push(offsets);
+  }
+  assert.deepEqual(offsetsBy[0], offsetsBy[1], 'every subscriber sees the same offsets');
+});
+
+test('extra fields in data are delivered exactly as sent', T, async () => {
+  const { members } = await roomWith(2);
+  const data = { text: 'with extras', n: 42, f: 1.5, nested: { arr: [1, 'two', null, true], empty: {} }, uni: '日本語' };
+  await members[0].rec.sub.publish(data);
+  for (const m of members) await waitFor(() => chat(m.rec.pubs).length >= 1, 10000, describeAll(members));
+  for (const m of members) assert.deepEqual(chat(m.rec.pubs)[0].data, data);
+});
+
+test('membership: a REST join and leave arrive as publications; a leaving user is unsubscribed', T, async () => {
+  const owner = await registerUser('jsown');
+  const room = await createRoom(owner);
+  const oc = newClient(owner);
+  await connect(oc);
+  const os = newSub(oc, owner, room, { recoverable: true });
+  await subscribe(oc, os);
+
+  const joiner = await registerUser('jsjoin');
+  await joinRoom(joiner, room);
+  const isEvent = (type, u) => (p) => p.data && p.data.type === type && p.data.user && p.data.user.id === u.user.id;
+  await waitFor(() => os.pubs.some(isEvent('member_joined', joiner)), 10000, () => JSON.stringify(os.pubs));
+  const joined = os.pubs.find(isEvent('member_joined', joiner));
+  assert.deepEqual(joined.data, { type: 'member_joined', user: { id: joiner.user.id, username: joiner.user.username } });
+  assert.equal(typeof joined.offset, 'number');
+
+  // The joiner subscribes, then leaves through REST: the gateway unsubscribes it.
+  const jc = newClient(joiner);
+  await connect(jc);
+  const js = newSub(jc, joiner, room, { recoverable: true });
+  await subscribe(jc, js);
+  await api('POST', `/api/rooms/${room.id}/leave`, { token: joiner.token, expect: 204 });
+  await waitFor(() => os.pubs.some(isEvent('member_left', joiner)), 10000, () => JSON.stringify(os.pubs));
+  const left = os.pubs.find(isEvent('member_left', joiner));
+  assert.deepEqual(left.data, { type: 'member_left', user: { id: joiner.user.id, username: joiner.user.username } });
+  assert.ok(left.offset > joined.offset, 'member_left comes after member_joined');
+
+  await waitFor(() => js.unsubscribed.length > 0, 10000,
+    () => `the leaving user's subscription was not unsubscribed (state ${js.sub.state})\n${dumpFrames(jc.frames)}`);
+  assert.equal(js.sub.state, 'unsubscribed');
+  assert.equal(jc.c.state, 'connected', 'the connection itself stays up');
+  // No further publications reach the user who left.
+  const before = js.pubs.length;
+  await os.sub.publish({ text: 'after leave' });
+  await waitFor(() => chat(os.pubs).some((p) => p.data.text === 'after leave'));
+  await sleep(300);
+  assert.equal(js.pubs.length, before, 'a user who left receives nothing more');
+});
+
+test('presence, presence_stats, and join/leave pushes', T, async () => {
+  const { room, members } = await roomWith(2, { joinLeave: true });
+  const [a, b] = members;
+  const presence = await a.rec.sub.presence();
+  const clients = Object.values(presence.clients);
+  assert.equal(clients.length, 2, `presence lists both subscribed clients: ${JSON.stringify(presence)}`);
+  assert.deepEqual(new Set(Object.keys(presence.clients)), new Set([a.cl.clientId, b.cl.clientId]));
+  assert.deepEqual(new Set(clients.map((c) => c.user)), new Set([a.u.user.id, b.u.user.id]));
+  for (const [id, info] of Object.entries(presence.clients)) assert.equal(info.client, id);
+
+  const stats = await b.rec.sub.presenceStats();
+  assert.deepEqual(stats, { numClients: 2, numUsers: 2 });
+
+  // A third subscriber comes and goes: a sees join then leave.
+  const c = await registerUser('jspres');
+  await joinRoom(c, room);
+  const cc = newClient(c);
+  await connect(cc);
+  const cs = newSub(cc, c, room, { joinLeave: true });
+  await subscribe(cc, cs);
+  await waitFor(() => a.rec.joins.some((j) => j.info.user === c.user.id), 10000, () => dumpFrames(a.cl.frames));
+  const join = a.rec.joins.find((j) => j.info.user === c.user.id);
+  assert.equal(join.info.client, cc.clientId);
+  assert.equal((await a.rec.sub.presenceStats()).numClients, 3);
+  cs.sub.unsubscribe();
+  await waitFor(() => a.rec.leaves.some((l) => l.info.user === c.user.id), 10000, () => dumpFrames(a.cl.frames));
+  let stats2;
+  for (let i = 0; i < 50; i++) {
+    stats2 = await a.rec.sub.presenceStats();
+    if (stats2.numClients === 2) break;
+    await sleep(100);
+  }
+  assert.deepEqual(stats2, { numClients: 2, numUsers: 2 }, 'presence drops the client that left');
+});
+
+test('history returns the published messages with their offsets and data', T, async () => {
+  const { members } = await roomWith(2);
+  const [a, b] = members;
+  const sent = [{ text: 'h1' }, { text: 'h2' }, { text: 'h3' }];
+  await a.rec.sub.publish(sent[0]);
+  await b.rec.sub.publish(sent[1]);
+  await a.rec.sub.publish(sent[2]);
+  await waitFor(() => chat(a.rec.pubs).length >= 3, 10000, describeAll(members));
+  const live = chat(a.rec.pubs);
+
+  const h = await a.rec.sub.history({ limit: 100 });
+  assert.equal(typeof h.epoch, 'string');
+  assert.equal(h.epoch, a.subscribed.streamPosition.epoch, 'history epoch equals the subscribe epoch');
+  const hist = chat(h.publications);
+  assert.deepEqual(hist.map((p) => p.offset), live.map((p) => p.offset), `history has the same offsets: ${JSON.stringify(h)}`);
+  assert.deepEqual(hist.map((p) => p.data), sent);
+  assert.deepEqual(hist.map((p) => p.info?.user), [a.u.user.id, b.u.user.id, a.u.user.id]);
+  assert.ok(h.offset >= live[2].offset, `history top offset ${h.offset} is at least the last publication's ${live[2].offset}`);
+  assertStrictlyIncreasing(h.publications.map((p) => p.offset), 'history');
+
+  // since: only what came after a position.
+  const since = await b.rec.sub.history({ since: { offset: live[0].offset, epoch: h.epoch }, limit: 100 });
+  assert.deepEqual(chat(since.publications).map((p) => p.offset), [live[1].offset, live[2].offset]);
+  // reverse + limit: newest first.
+  const rev = await b.rec.sub.history({ limit: 1, reverse: true });
+  assert.equal(rev.publications.length, 1);
+  assert.equal(rev.publications[0].offset, h.offset, 'newest publication first');
+});
+
+test('an invalid publish gets an error reply and the connection stays up', T, async () => {
+  const { members } = await roomWith(1);
+  const [a] = members;
+  const connectedAt = Date.now();
+  const bad = [
+    [{ text: '' }, 'empty text'],
+    [{ text: 'x'.repeat(4001) }, 'text over 4000 characters'],
+    [{ text: 123 }, 'non-string text'],
+    [{ nottext: 'x' }, 'missing text'],
+    ['just a string', 'data that is not an object'],
+  ];
+  for (const [data, what] of bad) {
+    await assert.rejects(a.rec.sub.publish(data), (err) => {
+      assert.ok([106, 107].includes(err.code), `${what}: error code 106 or 107, got ${JSON.stringify(err)}`);
+      return true;
+    }, `${what} is rejected`);
+  }
+  assert.equal(a.cl.c.state, 'connected');
+  assert.equal(a.rec.sub.state, 'subscribed');
+  await a.rec.sub.publish({ text: 'still works' });
+  await waitFor(() => chat(a.rec.pubs).some((p) => p.data.text === 'still works'));
+  assert.equal(a.cl.sockets.length, 1, 'no reconnect happened');
+  assert.deepEqual(a.cl.events.filter((e) => e.at >= connectedAt && (e.ev === 'disconnected' || e.ev === 'connecting')), []);
+  assert.equal(chat(a.rec.pubs).length, 1, 'rejected publications were not delivered');
+});
+
+test('subscribing without a valid token fails with 103; the connection stays up', T, async () => {
+  const a = await registerUser('js103');
+  const other = await registerUser('js103o');
+  const room = await createRoom(a);
+  const room2 = await createRoom(a);
+  const cl = newClient(a);
+  await connect(cl);
+  const cases = [
+    ['no token at all', { getToken: null }],
+    ['forged signature', { getToken: async () => mintSub(a, room.channel, 600, { secret: forgedSecret() }) }],
+    ['token for another channel', { getToken: async () => subscriptionToken(a, room2) }],
+    ['token for another user', { getToken: async () => mintSub(other, room.channel, 600) }],
+    ['garbage token', { getToken: async () => 'not.a.jwt' }],
+  ];
+  for (const [what, opts] of cases) {
+    const rec = newSub(cl, a, room, opts);
+    rec.sub.subscribe();
+    await waitFor(() => rec.unsubscribed.length > 0 || rec.subscribed.length > 0, 10000,
+      () => `${what}: no outcome; errors=${JSON.stringify(rec.errors)}\n${dumpFrames(cl.frames)}`);
+    assert.equal(rec.subscribed.length, 0, `${what}: must not subscribe`);
+    assert.equal(rec.unsubscribed[0].code, 103, `${what}: unsubscribed with code 103, got ${JSON.stringify(rec.unsubscribed[0])}`);
+    cl.c.removeSubscription(rec.sub);
+  }
+  assert.equal(cl.c.state, 'connected');
+  assert.equal(cl.sockets.length, 1, 'no reconnect happened');
+  const ok = newSub(cl, a, room);
+  await subscribe(cl, ok);
+});
+
+test('4-5. a client disconnected while others publish recovers everything it missed, in order, once', T, async () => {
+  const { members } = await roomWith(3);
+  const [a, b, c] = members;
+  await a.rec.sub.publish({ text: 'before 1' });
+  await b.rec.sub.publish({ text: 'before 2' });
+  for (const m of members) await waitFor(() => chat(m.rec.pubs).length >= 2, 10000, describeAll(members));
+
+  c.cl.c.disconnect();
+  await waitFor(() => c.cl.c.state === 'disconnected');
+  assert.equal(c.rec.sub.state, 'subscribing', 'the subscription waits for the next connect');
+  const missed = [];
+  for (let i = 0; i < 6; i++) {
+    const m = i % 2 ? b : a;
+    const data = { text: `missed ${i}` };
+    await m.rec.sub.publish(data);
+    missed.push({ data, user: m.u.user.id });
+  }
+  await waitFor(() => chat(a.rec.pubs).length >= 8, 10000, describeAll(members));
+
+  const subscribedBefore = c.rec.subscribed.length;
+  c.cl.c.connect();
+  await waitFor(() => c.rec.subscribed.length > subscribedBefore, 10000, describeAll([c]));
+  const ctx = c.rec.subscribed[c.rec.subscribed.length - 1];
+  const { cmd } = allReplies(c.cl.frames, 'subscribe').at(-1);
+  assert.equal(cmd.subscribe.recover, true, 'the SDK asked to recover');
+  assert.equal(ctx.wasRecovering, true, 'wasRecovering');
+  assert.equal(ctx.recovered, true, `recovered: true; reply ${JSON.stringify(allReplies(c.cl.frames, 'subscribe').at(-1))}`);
+  await waitFor(() => chat(c.rec.pubs).length >= 8, 10000, describeAll([c]));
+  await a.rec.sub.publish({ text: 'after' });
+  for (const m of members) await waitFor(() => chat(m.rec.pubs).length >= 9, 10000, describeAll(members));
+  await sleep(300);
+
+  const cGot = chat(c.rec.pubs);
+  const aGot = chat(a.rec.pubs);
+  assert.deepEqual(cGot.map((p) => p.data.text), aGot.map((p) => p.data.text), 'same publications, same order, no duplicates');
+  assert.deepEqual(cGot.map((p) => p.offset), aGot.map((p) => p.offset), 'same offsets');
+  assert.deepEqual(cGot.slice(2, 8).map((p) => ({ data: p.data, user: p.info?.user })), missed);
+});
+
+test('an abruptly lost transport reconnects and recovers what was published meanwhile', T, async () => {
+  const { members } = await roomWith(2);
+  const [a, b] = members;
+  await a.rec.sub.publish({ text: 'first' });
+  await waitFor(() => chat(b.rec.pubs).length >= 1, 10000, describeAll(members));
+  // Kill b's TCP connection without a close handshake, then publish at once.
+  b.cl.sockets.at(-1).terminate();
+  for (let i = 0; i < 5; i++) await a.rec.sub.publish({ text: `during ${i}` });
+  await waitFor(() => b.rec.subscribed.length >= 2, 15000, describeAll([b]));
+  await a.rec.sub.publish({ text: 'after' });
+  await waitFor(() => chat(b.rec.pubs).length >= 7, 10000, describeAll([b]));
+  await sleep(300);
+  assert.deepEqual(chat(b.rec.pubs).map((p) => p.data.text), chat(a.rec.pubs).map((p) => p.data.text));
+  assert.deepEqual(chat(b.rec.pubs).map((p) => p.offset), chat(a.rec.pubs).map((p) => p.offset));
+  const ctx = b.rec.subscribed.at(-1);
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, true);
+});
+
+test('since: a new subscription from a known position receives what came after it', T, async () => {
+  const { room, members } = await roomWith(2);
+  const [a, b] = members;
+  for (let i = 0; i < 4; i++) await a.rec.sub.publish({ text: `s${i}` });
+  await waitFor(() => chat(a.rec.pubs).length >= 4, 10000, describeAll(members));
+  const live = chat(a.rec.pubs);
+  const epoch = a.subscribed.streamPosition.epoch;
+  // A second connection of b subscribes with since = offset of s1.
+  const cl2 = newClient(b.u);
+  await connect(cl2);
+  const rec = newSub(cl2, b.u, room, { since: { offset: live[1].offset, epoch } });
+  const ctx = await subscribe(cl2, rec);
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, true, JSON.stringify(allReplies(cl2.frames, 'subscribe')));
+  await waitFor(() => chat(rec.pubs).length >= 2, 10000, () => dumpFrames(cl2.frames));
+  await sleep(200);
+  assert.deepEqual(chat(rec.pubs).map((p) => p.offset), [live[2].offset, live[3].offset]);
+});
+
+test('6a. connection token expiry: the SDK calls getToken again, refreshes, and keeps working', T, async () => {
+  const { room, members } = await roomWith(1);
+  const u = members[0].u;
+  const cl = newClient(u, { getToken: async () => mintAccess(u, 3) });
+  await connect(cl);
+  const { reply } = replyTo(cl.frames, 'connect');
+  assert.equal(reply.connect.expires, true, `connect reply says expires: ${JSON.stringify(reply)}`);
+  assert.ok(reply.connect.ttl > 0 && reply.connect.ttl <= 3, `connect ttl in (0, 3]: ${reply.connect.ttl}`);
+  const rec = newSub(cl, u, room);
+  await subscribe(cl, rec);
+  await sleep(8000);
+  const refreshes = allReplies(cl.frames, 'refresh');
+  assert.ok(refreshes.length >= 2, `at least two refresh commands in 8 s, got ${refreshes.length}\n${dumpFrames(cl.frames)}`);
+  for (const r of refreshes) {
+    assert.ok(r.reply && r.reply.refresh && !r.reply.error, `refresh succeeded: ${JSON.stringify(r)}`);
+    assert.equal(r.reply.refresh.expires, true);
+    assert.ok(r.reply.refresh.ttl > 0);
+  }
+  assert.ok(cl.tokenCalls >= 3, `getToken called for connect and each refresh (${cl.tokenCalls})`);
+  assert.equal(cl.sockets.length, 1, 'no reconnect was needed');
+  assert.equal(cl.c.state, 'connected');
+  await rec.sub.publish({ text: 'after refresh' });
+  await waitFor(() => chat(rec.pubs).length >= 1);
+});
+
+test('6b. an expired connection token gets 109; the SDK gets a new one through getToken and connects', T, async () => {
+  const u = await registerUser('jsexp');
+  const cl = newClient(u, { token: mintAccess(u, -60) });
+  await connect(cl);
+  const first = replyTo(cl.frames, 'connect');
+  assert.equal(first.reply?.error?.code, 109, `first connect gets error 109: ${JSON.stringify(first.reply)}`);
+  assert.equal(cl.tokenCalls, 1);
+  assert.equal(cl.c.state, 'connected');
+});
+
+test('an invalid connection token is refused', T, async () => {
+  const u = await registerUser('jsinv');
+  const cl = newClient(u, { token: mintAccess(u, 600, forgedSecret()), getToken: async () => mintAccess(u, 600, forgedSecret()) });
+  cl.c.connect();
+  await waitFor(() => cl.c.state === 'disconnected' || cl.frames.some((f) => f.dir === 'close'), 10000, () => dumpFrames(cl.frames));
+  assert.ok(!cl.events.some((e) => e.ev === 'connected'), 'never connected');
+  cl.c.disconnect();
+});
+
+test('6c. subscription token expiry: the SDK calls getToken again, sub_refresh succeeds, delivery continues', T, async () => {
+  const { room, members } = await roomWith(2);
+  const [a, b] = members;
+  const cl = newClient(b.u);
+  await connect(cl);
+  // b's second connection subscribes with 3-second subscription tokens.
+  const rec = newSub(cl, b.u, room, { getToken: async () => mintSub(b.u, room.channel, 3) });
+  await subscribe(cl, rec);
+  const sr = allReplies(cl.frames, 'subscribe').at(-1);
+  assert.equal(sr.reply.subscribe.expires, true, `subscribe reply says expires: ${JSON.stringify(sr.reply)}`);
+  assert.ok(sr.reply.subscribe.ttl > 0 && sr.reply.subscribe.ttl <= 3, `ttl in (0, 3]: ${sr.reply.subscribe.ttl}`);
+  await sleep(8000);
+  const refreshes = allReplies(cl.frames, 'sub_refresh');
+  assert.ok(refreshes.length >= 2, `at least two sub_refresh in 8 s, got ${refreshes.length}\n${dumpFrames(cl.frames)}`);
+  for (const r of refreshes) {
+    assert.equal(r.cmd.sub_refresh.channel, room.channel);
+    assert.ok(r.reply && r.reply.sub_refresh && !r.reply.error, `sub_refresh succeeded: ${JSON.stringify(r)}`);
+    assert.equal(r.reply.sub_refresh.expires, true);
+  }
+  assert.ok(rec.tokenCalls >= 3);
+  assert.equal(rec.sub.state, 'subscribed');
+  assert.equal(rec.subscribed.length, 1, 'no resubscribe was needed');
+  await a.rec.sub.publish({ text: 'after sub refresh' });
+  await waitFor(() => chat(rec.pubs).some((p) => p.data.text === 'after sub refresh'), 10000, () => dumpFrames(cl.frames));
+});
+
+test('6d. an expired subscription token gets 109; the SDK gets a new one and subscribes', T, async () => {
+  const u = await registerUser('jssexp');
+  const room = await createRoom(u);
+  const cl = newClient(u);
+  await connect(cl);
+  const rec = newSub(cl, u, room, { token: mintSub(u, room.channel, -60) });
+  await subscribe(cl, rec);
+  const first = allReplies(cl.frames, 'subscribe')[0];
+  assert.equal(first.reply?.error?.code, 109, `first subscribe gets 109: ${JSON.stringify(first.reply)}`);
+  assert.equal(rec.tokenCalls, 1);
+});
