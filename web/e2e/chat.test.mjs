@@ -1,0 +1,254 @@
+// End-to-end tests of the web client in a real headless Chromium (Debian's
+// /usr/bin/chromium driven by playwright-core), against the running stack
+// (`ops/dev up -d`): auth-api serving web/dist plus the REST API, the gateway,
+// the persister, PostgreSQL and the broker.
+//
+// Addresses come from CONFAB_API_URL / CONFAB_WS_URL, or else from the repo's
+// .dev/env written by `ops/dev up`. Screenshots go to web/e2e/artifacts/.
+//
+// Two browser contexts are two users: A (desktop-sized) and B (phone-sized).
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repoRoot = resolve(here, '..', '..');
+const artifacts = join(here, 'artifacts');
+
+function stackEnv() {
+  const env = {};
+  const file = join(repoRoot, '.dev', 'env');
+  if (existsSync(file)) {
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const m = /^\s*(?:export\s+)?([A-Z0-9_]+)=(.*)$/.exec(line);
+      if (m) env[m[1]] = m[2].trim().replace(/^(['"])(.*)\1$/, '$2');
+    }
+  }
+  const api = process.env.CONFAB_API_URL || env.CONFAB_API_URL || 'http://127.0.0.1:8080';
+  const ws = process.env.CONFAB_WS_URL || env.CONFAB_WS_URL || 'ws://127.0.0.1:8000/connection/websocket';
+  return { api: api.replace(/\/+$/, ''), ws };
+}
+
+const { api: API, ws: WS } = stackEnv();
+const CHROMIUM = process.env.CONFAB_CHROMIUM || '/usr/bin/chromium';
+const APP_URL = `${API}/?ws=${encodeURIComponent(WS)}`;
+const run = Date.now().toString(36);
+const userA = `alice_${run}`;
+const userB = `bob_${run}`;
+const PASSWORD = 'correct-horse-42';
+const ROOM_PASSWORD = 'open-sesame-7';
+const roomName = `Secret club ${run}`;
+const SEEDS = 60;
+const WAIT = 20_000;
+
+let browser;
+let ctxA;
+let ctxB;
+let pageA;
+let pageB;
+let roomId;
+const consoleErrors = [];
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: false });
+}
+
+/** The message bubble whose text is exactly `text`. */
+function msg(page, text) {
+  return page.locator('.messages li.msg').filter({ has: page.locator('.text', { hasText: new RegExp(`^${escapeRe(text)}$`) }) });
+}
+
+function escapeRe(s) {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+async function register(page, username) {
+  await page.goto(APP_URL);
+  await page.getByRole('button', { name: 'Create an account' }).click();
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Create account' }).click();
+  await page.locator('.me-name', { hasText: username }).waitFor({ timeout: WAIT });
+}
+
+async function send(page, text) {
+  const box = page.getByRole('textbox', { name: 'Message' });
+  await box.fill(text);
+  await box.press('Enter');
+}
+
+/** Offsets rendered in the message list, in DOM order. */
+async function offsets(page) {
+  return page.$$eval('.messages li[data-offset]', (els) => els.map((e) => Number(e.getAttribute('data-offset'))));
+}
+
+function assertAscendingUnique(list, what) {
+  for (let i = 1; i < list.length; i++) {
+    assert.ok(list[i] > list[i - 1], `${what}: offsets not strictly ascending at ${i}: ${list[i - 1]} then ${list[i]}`);
+  }
+}
+
+before(async () => {
+  mkdirSync(artifacts, { recursive: true });
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+  let res;
+  try {
+    res = await fetch(`${API}/`);
+  } catch (e) {
+    assert.fail(`the stack is not running at ${API} (${e.cause?.code ?? e.message}); start it with ops/dev up -d`);
+  }
+  const html = await res.text();
+  assert.ok(res.ok && html.includes('<div id="app"'), `${API}/ does not serve the web client (status ${res.status}); build it with npm --prefix web run build`);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  ctxA = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  ctxB = await browser.newContext({ viewport: { width: 390, height: 780 }, deviceScaleFactor: 2 });
+  for (const ctx of [ctxA, ctxB]) ctx.setDefaultTimeout(WAIT);
+  pageA = await ctxA.newPage();
+  pageB = await ctxB.newPage();
+  for (const [who, page] of [['A', pageA], ['B', pageB]]) {
+    page.on('pageerror', (e) => consoleErrors.push(`${who} pageerror: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') consoleErrors.push(`${who} console: ${m.text()}`);
+    });
+  }
+});
+
+after(async () => {
+  if (consoleErrors.length) console.log(`browser console errors:\n  ${consoleErrors.join('\n  ')}`);
+  await browser?.close();
+});
+
+describe('web client, two users', { timeout: 180_000 }, () => {
+  it('1. A registers and creates a private room with a password', async () => {
+    await pageA.goto(APP_URL);
+    await pageA.getByRole('button', { name: 'Log in' }).waitFor();
+    await shot(pageA, '01-login');
+    await register(pageA, userA);
+    await pageA.locator('summary', { hasText: 'New room' }).click();
+    await pageA.getByLabel('Name').fill(roomName);
+    await pageA.getByLabel('Private, with a password').check();
+    await pageA.getByLabel('Room password').fill(ROOM_PASSWORD);
+    await pageA.getByRole('button', { name: 'Create room' }).click();
+    await pageA.waitForURL(/#\/room\/[0-9a-f-]{36}$/);
+    roomId = /#\/room\/([0-9a-f-]{36})$/.exec(pageA.url())[1];
+    await pageA.locator('#room-title', { hasText: roomName }).waitFor();
+    await pageA.locator('.room-link', { hasText: roomName }).locator('.badge.password').waitFor();
+    await pageA.locator('.sub-status[data-state=ok]').waitFor();
+    await pageA.locator('.online-list li', { hasText: userA }).waitFor();
+    await shot(pageA, '02-room-created-A');
+  });
+
+  it('2. B gets an error for a wrong password, then joins with the right one', async () => {
+    await register(pageB, userB);
+    await shot(pageB, '03-rooms-B-phone');
+    await pageB.getByLabel('Room ID or link').fill(`${API}/#/room/${roomId}`);
+    await pageB.getByRole('button', { name: 'Open' }).click();
+    const password = pageB.locator('#join-password');
+    await password.fill('not-the-password');
+    await pageB.getByRole('button', { name: 'Join room' }).click();
+    const error = pageB.locator('.join-panel .error');
+    await error.filter({ hasText: 'Wrong password' }).waitFor();
+    await shot(pageB, '04-wrong-password-B');
+    assert.equal(await pageB.locator('.room').count(), 0, 'B must not be in the room after a wrong password');
+    await password.fill(ROOM_PASSWORD);
+    await password.press('Enter');
+    await pageB.locator('#room-title', { hasText: roomName }).waitFor();
+    await pageB.locator('.sub-status[data-state=ok]').waitFor();
+  });
+
+  it('3. both send; each sees the other live; A sees B join', async () => {
+    await pageA.locator('.notice.member_joined', { hasText: userB }).waitFor();
+    await pageA.locator('.online-list li', { hasText: userB }).waitFor();
+    await send(pageB, 'hello from B');
+    await msg(pageA, 'hello from B').waitFor();
+    await send(pageA, 'hi B, it is A');
+    await msg(pageB, 'hi B, it is A').waitFor();
+    await msg(pageA, 'hi B, it is A').waitFor();
+    await msg(pageB, 'hello from B').waitFor();
+    // Sender names resolve to usernames on both sides.
+    await msg(pageA, 'hello from B').locator('.sender', { hasText: userB }).waitFor();
+    await msg(pageB, 'hi B, it is A').locator('.sender', { hasText: userA }).waitFor();
+    // User content is text, never markup.
+    const markup = '<img src=x onerror="window.__xss=1"><b>bold?</b>';
+    await send(pageA, markup);
+    await msg(pageB, markup).waitFor();
+    assert.equal(await pageB.evaluate(() => window.__xss), undefined);
+    assert.equal(await pageB.locator('.messages img, .messages b').count(), 0);
+    await shot(pageA, '05-chat-A');
+    await shot(pageB, '06-chat-B-phone');
+  });
+
+  it('4. B reloads and sees the history', async () => {
+    for (let i = 1; i <= SEEDS; i++) await send(pageA, `seed ${i}`);
+    await msg(pageA, `seed ${SEEDS}`).waitFor({ timeout: 60_000 });
+    await msg(pageB, `seed ${SEEDS}`).waitFor({ timeout: 60_000 });
+    const live = await offsets(pageB);
+    assertAscendingUnique(live, 'B live');
+    await pageB.reload();
+    await pageB.locator('#room-title', { hasText: roomName }).waitFor();
+    await msg(pageB, `seed ${SEEDS}`).waitFor();
+    await msg(pageB, `seed ${SEEDS - 40}`).waitFor();
+    const after = await offsets(pageB);
+    assertAscendingUnique(after, 'B after reload');
+    assert.ok(after.length >= 50, `expected at least one page (50) of history, got ${after.length}`);
+    assert.ok(
+      (await pageB.getByRole('button', { name: 'Load older messages' }).count()) === 1,
+      'older history should be offered',
+    );
+    await shot(pageB, '07-history-after-reload-B');
+  });
+
+  it('5. scrolling back loads older pages', async () => {
+    const before = (await offsets(pageB)).length;
+    assert.equal(await msg(pageB, 'hello from B').count(), 0, 'the oldest messages should not be loaded yet');
+    const scroller = pageB.locator('.scroller');
+    await scroller.hover();
+    for (let i = 0; i < 20 && (await msg(pageB, 'hello from B').count()) === 0; i++) {
+      await pageB.mouse.wheel(0, -4000);
+      await pageB.waitForTimeout(300);
+    }
+    await msg(pageB, 'hello from B').waitFor();
+    await msg(pageB, 'seed 1').waitFor();
+    await pageB.locator('.notice.member_joined', { hasText: userB }).waitFor();
+    await pageB.locator('.history-start').waitFor();
+    const all = await offsets(pageB);
+    assertAscendingUnique(all, 'B after scroll-back');
+    assert.ok(all.length > before, `scroll-back added nothing (${before} → ${all.length})`);
+    for (let i = 1; i <= SEEDS; i++) {
+      assert.equal(await msg(pageB, `seed ${i}`).count(), 1, `seed ${i} should appear exactly once`);
+    }
+    await shot(pageB, '08-scrollback-B');
+  });
+
+  it('6. B loses its connection: banner, then automatic recovery of missed messages', async () => {
+    // Going offline fires the browser's `offline` event; centrifuge-js drops the
+    // transport and keeps retrying until the network is back.
+    await ctxB.setOffline(true);
+    await pageB.locator('.banner', { hasText: 'Reconnecting' }).waitFor();
+    await shot(pageB, '09-reconnecting-B');
+    await send(pageA, 'sent while B was offline 1');
+    await send(pageA, 'sent while B was offline 2');
+    await msg(pageA, 'sent while B was offline 2').waitFor();
+    await ctxB.setOffline(false);
+    await pageB.locator('.banner').waitFor({ state: 'hidden', timeout: 30_000 });
+    await msg(pageB, 'sent while B was offline 1').waitFor();
+    await msg(pageB, 'sent while B was offline 2').waitFor();
+    assertAscendingUnique(await offsets(pageB), 'B after recovery');
+  });
+
+  it('7. B leaves the room; A sees the notice', async () => {
+    await pageB.getByRole('button', { name: 'Leave' }).click();
+    await pageB.waitForURL(/#\/$/);
+    await pageA.locator('.notice.member_left', { hasText: userB }).waitFor();
+    await pageA.locator('.online-list li', { hasText: userB }).waitFor({ state: 'detached' });
+    await shot(pageA, '10-after-leave-A');
+  });
+});

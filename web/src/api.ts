@@ -1,0 +1,152 @@
+// REST client for auth-api (same origin, relative URLs), per CONTRACT.md §3.
+
+export interface User {
+  id: string;
+  username: string;
+}
+
+export interface Room {
+  id: string;
+  name: string;
+  visibility: 'public' | 'private';
+  requires_password: boolean;
+  owner_id: string;
+  created_at: string;
+  channel: string;
+  member_count: number;
+  is_member: boolean;
+}
+
+export type MessageKind = 'message' | 'member_joined' | 'member_left';
+
+export interface Message {
+  id: string;
+  room_id: string;
+  offset: number;
+  kind: MessageKind;
+  user: User;
+  data: unknown;
+  created_at: string;
+}
+
+export interface Member {
+  user: User;
+  role: 'owner' | 'member';
+  joined_at: string;
+}
+
+export interface Session {
+  user: User;
+  token: string;
+  expires_at: string | number | null;
+}
+
+/** An error answer from the API (or a network failure, with status 0). */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export class Api {
+  token: string | null = null;
+  /** Called when an authenticated request gets 401 (expired or revoked token). */
+  onUnauthorized: (() => void) | null = null;
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = { Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const authed = this.token !== null && !path.startsWith('/api/auth/');
+    if (authed) headers.Authorization = `Bearer ${this.token}`;
+    let res: Response;
+    try {
+      res = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch {
+      throw new ApiError(0, 'network', 'Cannot reach the server. Check your connection and try again.');
+    }
+    const text = await res.text();
+    let json: unknown = null;
+    if (text) {
+      try {
+        json = JSON.parse(text);
+      } catch {
+        json = null;
+      }
+    }
+    if (!res.ok) {
+      const err = (json as { error?: { code?: string; message?: string } } | null)?.error;
+      const code = err?.code ?? `http_${res.status}`;
+      const message = err?.message ?? `Request failed (${res.status})`;
+      if (res.status === 401 && authed && this.onUnauthorized) this.onUnauthorized();
+      throw new ApiError(res.status, code, message);
+    }
+    return json as T;
+  }
+
+  register(username: string, password: string): Promise<Session> {
+    return this.request('POST', '/api/auth/register', { username, password });
+  }
+  login(username: string, password: string): Promise<Session> {
+    return this.request('POST', '/api/auth/login', { username, password });
+  }
+  me(): Promise<User> {
+    return this.request('GET', '/api/me');
+  }
+  async rooms(): Promise<Room[]> {
+    return (await this.request<{ rooms: Room[] }>('GET', '/api/rooms')).rooms;
+  }
+  room(id: string): Promise<Room> {
+    return this.request('GET', `/api/rooms/${encodeURIComponent(id)}`);
+  }
+  createRoom(name: string, visibility: 'public' | 'private', password?: string): Promise<Room> {
+    const body: Record<string, string> = { name, visibility };
+    if (password) body.password = password;
+    return this.request('POST', '/api/rooms', body);
+  }
+  join(id: string, password?: string): Promise<Room> {
+    return this.request('POST', `/api/rooms/${encodeURIComponent(id)}/join`, password ? { password } : {});
+  }
+  leave(id: string): Promise<void> {
+    return this.request('POST', `/api/rooms/${encodeURIComponent(id)}/leave`);
+  }
+  invite(id: string, username: string): Promise<unknown> {
+    return this.request('POST', `/api/rooms/${encodeURIComponent(id)}/invites`, { username });
+  }
+  async members(id: string): Promise<Member[]> {
+    return (await this.request<{ members: Member[] }>('GET', `/api/rooms/${encodeURIComponent(id)}/members`)).members;
+  }
+  messages(id: string, limit: number, before?: number | null): Promise<{ messages: Message[]; next_before: number | null }> {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (before !== undefined && before !== null) q.set('before', String(before));
+    return this.request('GET', `/api/rooms/${encodeURIComponent(id)}/messages?${q}`);
+  }
+  async subscriptionToken(id: string): Promise<string> {
+    return (await this.request<{ token: string }>('POST', `/api/rooms/${encodeURIComponent(id)}/subscription-token`)).token;
+  }
+}
+
+/** A user-facing sentence for an API error. */
+export function describeError(e: unknown): string {
+  if (e instanceof ApiError) {
+    switch (e.code) {
+      case 'wrong_password':
+        return 'Wrong password for this room.';
+      case 'invite_required':
+        return 'This room is invite-only. Ask a member to invite you.';
+      case 'network':
+        return e.message;
+    }
+    if (e.status === 404) return 'Not found.';
+    return e.message || `Request failed (${e.status})`;
+  }
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,547 @@
+// The chat view of one room: history from REST (newest page first, older pages on
+// scroll-back), live publications from the gateway through centrifuge-js, inline
+// membership notices, who is online, the send box, invite and leave.
+
+import {
+  Centrifuge,
+  Subscription,
+  UnauthorizedError,
+  type PublicationContext,
+  type SubscribedContext,
+  type SubscriptionOptions,
+  type ClientInfo,
+} from 'centrifuge';
+import { Api, ApiError, describeError, type Message, type Room, type User } from './api';
+import { h, replace, timeEl, field } from './dom';
+import { Names, usernameFromInfo } from './names';
+
+/** REST page size for history. */
+export const PAGE_SIZE = 50;
+/** The contract's limit on a message's text. */
+const MAX_TEXT = 4000;
+
+export interface RoomHost {
+  api: Api;
+  me: User;
+  client: Centrifuge;
+  names: Names;
+  /** The user left the room (or was removed from it). */
+  onLeft(room: Room): void;
+  /** Go back to the room list (narrow screens). */
+  onBack(): void;
+}
+
+interface Item {
+  offset: number;
+  el: HTMLElement;
+}
+
+type MemberEvent = { type: 'member_joined' | 'member_left'; user: User };
+
+function memberEvent(data: unknown): MemberEvent | null {
+  if (!data || typeof data !== 'object') return null;
+  const d = data as Record<string, unknown>;
+  if ((d.type === 'member_joined' || d.type === 'member_left') && d.user && typeof d.user === 'object') {
+    const u = d.user as Record<string, unknown>;
+    if (typeof u.id === 'string' && typeof u.username === 'string') {
+      return { type: d.type, user: { id: u.id, username: u.username } };
+    }
+  }
+  return null;
+}
+
+function textOf(data: unknown): string {
+  if (data && typeof data === 'object' && typeof (data as { text?: unknown }).text === 'string') {
+    return (data as { text: string }).text;
+  }
+  return JSON.stringify(data);
+}
+
+export class RoomView {
+  readonly el: HTMLElement;
+  private readonly scroller: HTMLDivElement;
+  private readonly list: HTMLOListElement;
+  private readonly historyTop: HTMLDivElement;
+  private readonly onlineEl: HTMLUListElement;
+  private readonly onlineCount: HTMLSpanElement;
+  private readonly subStatus: HTMLSpanElement;
+  private readonly sendForm: HTMLFormElement;
+  private readonly input: HTMLTextAreaElement;
+  private readonly sendError: HTMLParagraphElement;
+  private readonly inviteStatus: HTMLParagraphElement;
+
+  private items: Item[] = [];
+  private seen = new Set<number>();
+  /** Cursor for the next older REST page; null once history is exhausted. */
+  private nextBefore: number | null = null;
+  private loadingOlder = false;
+  private sub: Subscription | null = null;
+  /** user id → connected client ids, from presence and join/leave pushes. */
+  private online = new Map<string, Set<string>>();
+  private destroyed = false;
+  private membersFetchedAt = 0;
+  private membersTimer: number | null = null;
+
+  constructor(
+    private readonly host: RoomHost,
+    readonly room: Room,
+  ) {
+    const { names } = host;
+    this.historyTop = h('div', { class: 'history-top' });
+    this.list = h('ol', { class: 'messages', 'aria-label': `Messages in ${room.name}`, role: 'log', 'aria-live': 'polite' });
+    this.scroller = h('div', { class: 'scroller', tabindex: '0' }, this.historyTop, this.list);
+    this.scroller.addEventListener('scroll', () => this.onScroll(), { passive: true });
+
+    this.onlineCount = h('span', { class: 'online-count' }, '0');
+    this.onlineEl = h('ul', { class: 'online-list', 'aria-label': 'Online now' });
+    this.subStatus = h('span', { class: 'sub-status', role: 'status' }, 'Connecting…');
+
+    this.input = h('textarea', {
+      name: 'text',
+      rows: '1',
+      maxlength: String(MAX_TEXT),
+      placeholder: `Message ${room.name}`,
+      'aria-label': 'Message',
+      autocomplete: 'off',
+      onkeydown: (e: KeyboardEvent) => {
+        if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+          e.preventDefault();
+          this.sendForm.requestSubmit();
+        }
+      },
+    });
+    this.sendError = h('p', { class: 'error send-error', role: 'alert' });
+    this.sendForm = h(
+      'form',
+      { class: 'send', onsubmit: (e: Event) => this.onSend(e) },
+      this.input,
+      h('button', { type: 'submit', class: 'primary' }, 'Send'),
+    );
+
+    this.inviteStatus = h('p', { class: 'form-status', role: 'status' });
+    const inviteForm = h(
+      'form',
+      { class: 'inline-form', onsubmit: (e: Event) => this.onInvite(e) },
+      h('label', { for: 'invite-username', class: 'sr-only' }, 'Username to invite'),
+      h('input', { id: 'invite-username', name: 'username', placeholder: 'Username', required: true, autocomplete: 'off' }),
+      h('button', { type: 'submit' }, 'Invite'),
+    );
+
+    const badge = roomBadge(room);
+    this.el = h(
+      'section',
+      { class: 'room', 'aria-labelledby': 'room-title', 'data-room-id': room.id },
+      h(
+        'header',
+        { class: 'room-header' },
+        h('button', { class: 'back ghost', type: 'button', 'aria-label': 'Back to rooms', onclick: () => host.onBack() }, '←'),
+        h('div', { class: 'room-title-wrap' }, h('h2', { id: 'room-title' }, room.name), badge, this.subStatus),
+        h(
+          'div',
+          { class: 'room-actions' },
+          h(
+            'details',
+            { class: 'popover' },
+            h('summary', null, 'Invite'),
+            h('div', { class: 'popover-body' }, inviteForm, this.inviteStatus, h('p', { class: 'hint' }, 'Room ID: ', h('code', { class: 'room-id' }, room.id))),
+          ),
+          h('button', { type: 'button', class: 'danger', onclick: () => this.onLeave() }, 'Leave'),
+        ),
+      ),
+      h(
+        'div',
+        { class: 'online' },
+        h('span', { class: 'online-label' }, 'Online ', this.onlineCount, ':'),
+        this.onlineEl,
+      ),
+      this.scroller,
+      this.sendError,
+      this.sendForm,
+    );
+    names.set(host.me.id, host.me.username);
+  }
+
+  /** Loads the newest history page, then subscribes from its last offset. */
+  async start(): Promise<void> {
+    this.setHistoryTop('loading');
+    let since: number | null = null;
+    try {
+      since = await this.mergeLatest(true);
+    } catch (e) {
+      this.setHistoryTop('error', describeError(e));
+    }
+    if (this.destroyed) return;
+    this.scrollToBottom();
+    this.subscribe(since);
+    this.refreshMembers();
+    void this.fillViewport();
+  }
+
+  focus(): void {
+    this.input.focus();
+  }
+
+  destroy(): void {
+    this.destroyed = true;
+    if (this.membersTimer !== null) clearTimeout(this.membersTimer);
+    if (this.sub) {
+      this.sub.removeAllListeners();
+      this.sub.unsubscribe();
+      this.host.client.removeSubscription(this.sub);
+      this.sub = null;
+    }
+  }
+
+  // ---- history -------------------------------------------------------------
+
+  /** Fetches the newest page and merges it. Returns the highest offset seen. */
+  private async mergeLatest(first: boolean): Promise<number | null> {
+    const page = await this.host.api.messages(this.room.id, PAGE_SIZE);
+    if (this.destroyed) return null;
+    const stick = this.nearBottom();
+    for (const m of page.messages) this.addHistory(m);
+    if (first) this.nextBefore = page.next_before;
+    this.setHistoryTop(this.nextBefore === null ? 'start' : 'more');
+    if (stick) this.scrollToBottom();
+    return this.items.length ? this.items[this.items.length - 1].offset : null;
+  }
+
+  private async loadOlder(): Promise<void> {
+    if (this.loadingOlder || this.nextBefore === null || this.destroyed) return;
+    this.loadingOlder = true;
+    this.setHistoryTop('loading');
+    try {
+      const page = await this.host.api.messages(this.room.id, PAGE_SIZE, this.nextBefore);
+      if (this.destroyed) return;
+      const prevHeight = this.scroller.scrollHeight;
+      const prevTop = this.scroller.scrollTop;
+      for (const m of page.messages) this.addHistory(m);
+      this.nextBefore = page.next_before;
+      this.setHistoryTop(this.nextBefore === null ? 'start' : 'more');
+      this.scroller.scrollTop = prevTop + (this.scroller.scrollHeight - prevHeight);
+    } catch (e) {
+      this.setHistoryTop('error', describeError(e));
+    } finally {
+      this.loadingOlder = false;
+    }
+  }
+
+  /** Loads older pages while the list does not fill the viewport (no scrollbar to scroll back with). */
+  private async fillViewport(): Promise<void> {
+    for (let i = 0; i < 5 && !this.destroyed && this.nextBefore !== null; i++) {
+      if (this.scroller.scrollHeight > this.scroller.clientHeight + 40) return;
+      await this.loadOlder();
+    }
+  }
+
+  private onScroll(): void {
+    if (this.scroller.scrollTop < 120) void this.loadOlder();
+  }
+
+  private setHistoryTop(state: 'loading' | 'more' | 'start' | 'error', message?: string): void {
+    if (state === 'loading') {
+      replace(this.historyTop, h('span', { class: 'muted' }, 'Loading messages…'));
+    } else if (state === 'more') {
+      replace(this.historyTop, h('button', { type: 'button', class: 'ghost load-older', onclick: () => void this.loadOlder() }, 'Load older messages'));
+    } else if (state === 'start') {
+      replace(this.historyTop, h('span', { class: 'muted history-start' }, `This is the beginning of ${this.room.name}.`));
+    } else {
+      replace(
+        this.historyTop,
+        h('span', { class: 'error' }, `Could not load history: ${message ?? ''}`),
+        ' ',
+        h('button', { type: 'button', class: 'ghost', onclick: () => void this.loadOlder() }, 'Retry'),
+      );
+    }
+  }
+
+  private addHistory(m: Message): void {
+    if (m.user) this.host.names.set(m.user.id, m.user.username);
+    const when = new Date(m.created_at);
+    if (m.kind === 'member_joined' || m.kind === 'member_left') {
+      const ev = memberEvent(m.data);
+      const user = ev?.user ?? m.user;
+      this.insert(m.offset, this.noticeEl(m.kind, user, when));
+    } else {
+      this.insert(m.offset, this.messageEl(m.user.id, textOf(m.data), when));
+    }
+  }
+
+  // ---- rendering -------------------------------------------------------------
+
+  private messageEl(userId: string, text: string, when: Date): HTMLElement {
+    const mine = userId === this.host.me.id;
+    return h(
+      'li',
+      { class: mine ? 'msg mine' : 'msg' },
+      h('div', { class: 'meta' }, this.host.names.span(userId, 'sender'), ' ', timeEl(when)),
+      h('div', { class: 'text' }, text),
+    );
+  }
+
+  private noticeEl(kind: 'member_joined' | 'member_left', user: User, when: Date): HTMLElement {
+    this.host.names.set(user.id, user.username);
+    return h(
+      'li',
+      { class: `notice ${kind}` },
+      this.host.names.span(user.id),
+      kind === 'member_joined' ? ' joined the room' : ' left the room',
+      ' · ',
+      timeEl(when),
+    );
+  }
+
+  /** Inserts an element in offset order; returns false for a duplicate offset. */
+  private insert(offset: number | undefined, el: HTMLElement): boolean {
+    const last = this.items.length ? this.items[this.items.length - 1].offset : -1;
+    const off = typeof offset === 'number' ? offset : last;
+    if (typeof offset === 'number') {
+      if (this.seen.has(offset)) return false;
+      this.seen.add(offset);
+      el.dataset.offset = String(offset);
+    }
+    let i = this.items.length;
+    while (i > 0 && this.items[i - 1].offset > off) i--;
+    const next = this.items[i]?.el ?? null;
+    this.list.insertBefore(el, next);
+    this.items.splice(i, 0, { offset: off, el });
+    return true;
+  }
+
+  private nearBottom(): boolean {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+
+  private scrollToBottom(): void {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+  }
+
+  // ---- live ------------------------------------------------------------------
+
+  private subscribe(since: number | null): void {
+    const { api, client } = this.host;
+    const opts: Partial<SubscriptionOptions> = {
+      getToken: async () => {
+        try {
+          return await api.subscriptionToken(this.room.id);
+        } catch (e) {
+          // Not a member (any more): stop trying rather than retrying forever.
+          if (e instanceof ApiError && (e.status === 401 || e.status === 403 || e.status === 404)) {
+            throw new UnauthorizedError(e.message);
+          }
+          throw e;
+        }
+      },
+      recoverable: true,
+      positioned: true,
+      joinLeave: true,
+    };
+    // Recover everything published after the newest message we loaded over REST.
+    // The epoch is unknown here: an empty epoch means "whatever epoch is current".
+    if (since !== null) opts.since = { offset: since, epoch: '' };
+
+    const existing = client.getSubscription(this.room.channel);
+    if (existing) client.removeSubscription(existing);
+    const sub = client.newSubscription(this.room.channel, opts);
+    this.sub = sub;
+
+    sub.on('subscribing', (ctx) => {
+      this.setSubStatus('subscribing', ctx.code === 0 ? 'Joining…' : 'Reconnecting…');
+    });
+    sub.on('subscribed', (ctx) => this.onSubscribed(ctx));
+    sub.on('unsubscribed', (ctx) => {
+      if (this.destroyed) return;
+      this.setOnline(new Map());
+      if (ctx.code === 0) return;
+      this.setSubStatus('error', 'Not receiving messages');
+      this.showSendError(
+        ctx.code === 1
+          ? 'You are not a member of this room any more.'
+          : `Stopped receiving messages: ${ctx.reason || 'unsubscribed by the server'}.`,
+      );
+    });
+    sub.on('publication', (ctx) => this.onPublication(ctx));
+    sub.on('join', (ctx) => this.onJoin(ctx.info));
+    sub.on('leave', (ctx) => this.onClientLeave(ctx.info));
+    sub.on('error', (ctx) => {
+      if (this.destroyed) return;
+      this.setSubStatus('error', `Subscription problem: ${ctx.error.message}`);
+    });
+    sub.subscribe();
+  }
+
+  private onSubscribed(ctx: SubscribedContext): void {
+    if (this.destroyed) return;
+    this.setSubStatus('ok', '');
+    this.sendError.textContent = '';
+    if (ctx.wasRecovering && !ctx.recovered) {
+      // Missed publications are outside the gateway's window: fall back to REST
+      // history, again a moment later for what the persister had not stored yet.
+      void this.mergeLatest(false).catch(() => undefined);
+      setTimeout(() => {
+        if (!this.destroyed) void this.mergeLatest(false).catch(() => undefined);
+      }, 1500);
+    }
+    void this.refreshPresence();
+  }
+
+  private onPublication(ctx: PublicationContext): void {
+    if (this.destroyed) return;
+    const stick = this.nearBottom();
+    const ev = memberEvent(ctx.data);
+    const now = new Date();
+    let mine = false;
+    if (ev) {
+      this.insert(ctx.offset, this.noticeEl(ev.type, ev.user, now));
+      if (ev.type === 'member_left' && ev.user.id === this.host.me.id) {
+        // We left (maybe from another tab); the gateway unsubscribes us too.
+        this.showSendError('You left this room.');
+      }
+    } else {
+      const userId = ctx.info?.user ?? '';
+      const name = usernameFromInfo(ctx.info);
+      if (name) this.host.names.set(userId, name);
+      else if (userId && !this.host.names.has(userId)) this.scheduleMembersRefresh();
+      mine = userId === this.host.me.id;
+      this.insert(ctx.offset, this.messageEl(userId, textOf(ctx.data), now));
+    }
+    if (stick || mine) this.scrollToBottom();
+  }
+
+  // ---- presence --------------------------------------------------------------
+
+  private async refreshPresence(): Promise<void> {
+    if (!this.sub) return;
+    try {
+      const res = await this.sub.presence();
+      if (this.destroyed) return;
+      const online = new Map<string, Set<string>>();
+      for (const [clientId, info] of Object.entries(res.clients)) {
+        const name = usernameFromInfo(info);
+        if (name) this.host.names.set(info.user, name);
+        const set = online.get(info.user) ?? new Set<string>();
+        set.add(info.client || clientId);
+        online.set(info.user, set);
+      }
+      this.setOnline(online);
+    } catch {
+      // Presence is best effort; join/leave pushes still update the list.
+    }
+  }
+
+  private onJoin(info: ClientInfo): void {
+    const name = usernameFromInfo(info);
+    if (name) this.host.names.set(info.user, name);
+    else if (!this.host.names.has(info.user)) this.scheduleMembersRefresh();
+    const next = new Map(this.online);
+    const set = new Set(next.get(info.user) ?? []);
+    set.add(info.client);
+    next.set(info.user, set);
+    this.setOnline(next);
+  }
+
+  private onClientLeave(info: ClientInfo): void {
+    const next = new Map(this.online);
+    const set = new Set(next.get(info.user) ?? []);
+    set.delete(info.client);
+    if (set.size) next.set(info.user, set);
+    else next.delete(info.user);
+    this.setOnline(next);
+  }
+
+  private setOnline(online: Map<string, Set<string>>): void {
+    this.online = online;
+    const ids = [...online.keys()].sort((a, b) =>
+      (this.host.names.get(a) ?? a).localeCompare(this.host.names.get(b) ?? b),
+    );
+    this.onlineCount.textContent = String(ids.length);
+    replace(
+      this.onlineEl,
+      ids.map((id) => h('li', { class: id === this.host.me.id ? 'me' : undefined }, this.host.names.span(id))),
+    );
+  }
+
+  private scheduleMembersRefresh(): void {
+    if (this.membersTimer !== null) return;
+    const wait = Math.max(0, this.membersFetchedAt + 3000 - Date.now());
+    this.membersTimer = window.setTimeout(() => {
+      this.membersTimer = null;
+      this.refreshMembers();
+    }, wait);
+  }
+
+  private refreshMembers(): void {
+    this.membersFetchedAt = Date.now();
+    this.host.api
+      .members(this.room.id)
+      .then((members) => {
+        for (const m of members) this.host.names.set(m.user.id, m.user.username);
+      })
+      .catch(() => undefined);
+  }
+
+  private setSubStatus(state: 'ok' | 'subscribing' | 'error', text: string): void {
+    this.subStatus.dataset.state = state;
+    this.subStatus.textContent = text;
+  }
+
+  // ---- actions -----------------------------------------------------------------
+
+  private showSendError(text: string): void {
+    this.sendError.textContent = text;
+  }
+
+  private async onSend(e: Event): Promise<void> {
+    e.preventDefault();
+    const text = this.input.value;
+    if (!text.trim()) return;
+    if (text.length > MAX_TEXT) {
+      this.showSendError(`Messages can be at most ${MAX_TEXT} characters.`);
+      return;
+    }
+    if (!this.sub) return;
+    this.input.value = '';
+    this.sendError.textContent = '';
+    try {
+      await this.sub.publish({ text });
+    } catch (err) {
+      if (!this.input.value) this.input.value = text;
+      const msg = (err as { message?: string })?.message ?? String(err);
+      this.showSendError(`Message not sent: ${msg}. Check your connection and try again.`);
+    }
+  }
+
+  private async onInvite(e: Event): Promise<void> {
+    e.preventDefault();
+    const form = e.target as HTMLFormElement;
+    const username = field(form, 'username').trim();
+    if (!username) return;
+    this.inviteStatus.className = 'form-status';
+    this.inviteStatus.textContent = 'Inviting…';
+    try {
+      await this.host.api.invite(this.room.id, username);
+      this.inviteStatus.textContent = `Invited ${username}. They can now join this room.`;
+      form.reset();
+    } catch (err) {
+      this.inviteStatus.className = 'form-status error';
+      this.inviteStatus.textContent =
+        err instanceof ApiError && err.status === 404 ? `No user named ${username}.` : describeError(err);
+    }
+  }
+
+  private async onLeave(): Promise<void> {
+    try {
+      await this.host.api.leave(this.room.id);
+      this.host.onLeft(this.room);
+    } catch (err) {
+      this.showSendError(`Could not leave: ${describeError(err)}`);
+    }
+  }
+}
+
+export function roomBadge(room: Room): HTMLSpanElement {
+  if (room.visibility === 'public') return h('span', { class: 'badge public' }, 'public');
+  if (room.requires_password) return h('span', { class: 'badge password', title: 'Private, password required' }, 'password');
+  return h('span', { class: 'badge invite', title: 'Private, invite only' }, 'invite-only');
+}
