@@ -91,6 +91,16 @@ async def test_connect_subscribe_publish_receive():
     assert offsets_by[0] == offsets_by[1], "every subscriber sees the same offsets"
 
 
+async def test_extra_fields_delivered_exactly():
+    room, members = await room_with(2)
+    data = {"text": "with extras", "n": 42, "f": 1.5, "nested": {"arr": [1, "two", None, True], "empty": {}},
+            "uni": "日本語"}
+    await members[0][1].sub.publish(data)
+    for conn, rec, _ in members:
+        await wait_for(lambda: len(chat(rec.pubs)) >= 1, 10, describe(conn))
+        assert chat(rec.pubs)[0].data == data
+
+
 async def test_membership_events_and_leave_unsubscribes():
     owner = await register("pyown")
     room = await create_room(owner)
