@@ -72,7 +72,7 @@ async function register(page, username) {
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill(PASSWORD);
   await page.getByRole('button', { name: 'Create account' }).click();
-  await page.locator('.me-name', { hasText: username }).waitFor({ timeout: WAIT });
+  await page.locator('.me-name', { hasText: username }).waitFor({ state: 'attached', timeout: WAIT });
 }
 
 async function send(page, text) {
@@ -141,7 +141,7 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     roomId = /#\/room\/([0-9a-f-]{36})$/.exec(pageA.url())[1];
     await pageA.locator('#room-title', { hasText: roomName }).waitFor();
     await pageA.locator('.room-link', { hasText: roomName }).locator('.badge.password').waitFor();
-    await pageA.locator('.sub-status[data-state=ok]').waitFor();
+    await pageA.locator('.sub-status[data-state=ok]').waitFor({ state: 'attached' });
     await pageA.locator('.online-list li', { hasText: userA }).waitFor();
     await shot(pageA, '02-room-created-A');
   });
@@ -161,7 +161,7 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await password.fill(ROOM_PASSWORD);
     await password.press('Enter');
     await pageB.locator('#room-title', { hasText: roomName }).waitFor();
-    await pageB.locator('.sub-status[data-state=ok]').waitFor();
+    await pageB.locator('.sub-status[data-state=ok]').waitFor({ state: 'attached' });
   });
 
   it('3. both send; each sees the other live; A sees B join', async () => {
@@ -174,8 +174,8 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await msg(pageA, 'hi B, it is A').waitFor();
     await msg(pageB, 'hello from B').waitFor();
     // Sender names resolve to usernames on both sides.
-    await msg(pageA, 'hello from B').locator('.sender', { hasText: userB }).waitFor();
-    await msg(pageB, 'hi B, it is A').locator('.sender', { hasText: userA }).waitFor();
+    await msg(pageA, 'hello from B').locator('.sender', { hasText: userB }).waitFor({ state: 'attached' });
+    await msg(pageB, 'hi B, it is A').locator('.sender', { hasText: userA }).waitFor({ state: 'attached' });
     // User content is text, never markup.
     const markup = '<img src=x onerror="window.__xss=1"><b>bold?</b>';
     await send(pageA, markup);
@@ -225,6 +225,7 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     for (let i = 1; i <= SEEDS; i++) {
       assert.equal(await msg(pageB, `seed ${i}`).count(), 1, `seed ${i} should appear exactly once`);
     }
+    await scroller.evaluate((el) => { el.scrollTop = 0; });
     await shot(pageB, '08-scrollback-B');
   });
 

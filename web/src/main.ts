@@ -311,6 +311,16 @@ class App {
     replace(this.root, this.shell);
   }
 
+  private roomsTimer: number | null = null;
+
+  private scheduleRoomsRefresh(): void {
+    if (this.roomsTimer !== null) return;
+    this.roomsTimer = window.setTimeout(() => {
+      this.roomsTimer = null;
+      if (this.session) void this.refreshRooms();
+    }, 1000);
+  }
+
   private async refreshRooms(): Promise<void> {
     try {
       this.rooms = await this.api.rooms();
@@ -523,6 +533,7 @@ class App {
         onBack: () => {
           location.hash = '#/';
         },
+        onMembership: () => this.scheduleRoomsRefresh(),
       },
       room,
     );

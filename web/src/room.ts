@@ -29,6 +29,8 @@ export interface RoomHost {
   onLeft(room: Room): void;
   /** Go back to the room list (narrow screens). */
   onBack(): void;
+  /** Someone joined or left the room (member counts changed). */
+  onMembership(): void;
 }
 
 interface Item {
@@ -100,7 +102,7 @@ export class RoomView {
       name: 'text',
       rows: '1',
       maxlength: String(MAX_TEXT),
-      placeholder: `Message ${room.name}`,
+      placeholder: 'Write a message…',
       'aria-label': 'Message',
       autocomplete: 'off',
       onkeydown: (e: KeyboardEvent) => {
@@ -273,7 +275,7 @@ export class RoomView {
     const mine = userId === this.host.me.id;
     return h(
       'li',
-      { class: mine ? 'msg mine' : 'msg' },
+      { class: mine ? 'msg mine' : 'msg', 'data-sender': userId, 'data-ts': String(when.getTime()) },
       h('div', { class: 'meta' }, this.host.names.span(userId, 'sender'), ' ', timeEl(when)),
       h('div', { class: 'text' }, text),
     );
@@ -305,7 +307,21 @@ export class RoomView {
     const next = this.items[i]?.el ?? null;
     this.list.insertBefore(el, next);
     this.items.splice(i, 0, { offset: off, el });
+    this.regroup(el);
+    if (next) this.regroup(next);
     return true;
+  }
+
+  /** Consecutive messages from one sender within five minutes share one header. */
+  private regroup(el: HTMLElement): void {
+    if (!el.classList.contains('msg')) return;
+    const prev = el.previousElementSibling as HTMLElement | null;
+    const cont =
+      !!prev &&
+      prev.classList.contains('msg') &&
+      prev.dataset.sender === el.dataset.sender &&
+      Math.abs(Number(el.dataset.ts) - Number(prev.dataset.ts)) < 5 * 60_000;
+    el.classList.toggle('cont', cont);
   }
 
   private nearBottom(): boolean {
@@ -347,6 +363,7 @@ export class RoomView {
     this.sub = sub;
 
     sub.on('subscribing', (ctx) => {
+      if (ctx.code !== 0) this.setOnline(new Map());
       this.setSubStatus('subscribing', ctx.code === 0 ? 'Joining…' : 'Reconnecting…');
     });
     sub.on('subscribed', (ctx) => this.onSubscribed(ctx));
@@ -393,7 +410,7 @@ export class RoomView {
     const now = new Date();
     let mine = false;
     if (ev) {
-      this.insert(ctx.offset, this.noticeEl(ev.type, ev.user, now));
+      if (this.insert(ctx.offset, this.noticeEl(ev.type, ev.user, now))) this.host.onMembership();
       if (ev.type === 'member_left' && ev.user.id === this.host.me.id) {
         // We left (maybe from another tab); the gateway unsubscribes us too.
         this.showSendError('You left this room.');
