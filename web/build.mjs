@@ -29,8 +29,10 @@ function hash(bytes) {
 }
 
 async function emit(result) {
-  await rm(dist, { recursive: true, force: true });
+  // Write the new files first, then drop stale ones, so a server reading dist/
+  // never sees it empty.
   await mkdir(dist, { recursive: true });
+  const before = new Set(await readdir(dist));
   const files = {};
   for (const f of result.outputFiles) {
     files[f.path.slice(dist.length + 1)] = f.contents;
@@ -48,7 +50,10 @@ async function emit(result) {
     .replace('%APP_JS%', `/${jsName}`)
     .replace('%STYLE_CSS%', `/${cssName}`);
   await writeFile(join(dist, 'index.html'), html);
-  const names = await readdir(dist);
+  const names = [jsName, `${jsName}.map`, 'LICENSES.txt', cssName, 'index.html'].filter((n) => files['app.js.map'] || n !== `${jsName}.map`);
+  for (const old of before) {
+    if (!names.includes(old)) await rm(join(dist, old), { recursive: true, force: true });
+  }
   console.log(`built web/dist: ${names.join(', ')} (app ${(js.length / 1024).toFixed(1)} KiB)`);
 }
 

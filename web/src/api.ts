@@ -146,6 +146,7 @@ export function describeError(e: unknown): string {
         return e.message;
     }
     if (e.status === 404) return 'Not found.';
+    if (e.status === 429) return 'Too many attempts. Wait a minute and try again.';
     return e.message || `Request failed (${e.status})`;
   }
   return e instanceof Error ? e.message : String(e);
