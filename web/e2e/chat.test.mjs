@@ -70,8 +70,10 @@ async function register(page, username) {
   await page.goto(APP_URL);
   await page.getByRole('button', { name: 'Create an account' }).click();
   await page.getByLabel('Username').fill(username);
-  await page.getByLabel('Password').fill(PASSWORD);
-  await page.getByRole('button', { name: 'Create account' }).click();
+  // Keyboard only from here: Tab to the password, Enter submits.
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(PASSWORD);
+  await page.keyboard.press('Enter');
   await page.locator('.me-name', { hasText: username }).waitFor({ state: 'attached', timeout: WAIT });
 }
 
@@ -133,7 +135,7 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await shot(pageA, '01-login');
     await register(pageA, userA);
     await pageA.locator('summary', { hasText: 'New room' }).click();
-    await pageA.getByLabel('Name').fill(roomName);
+    await pageA.getByLabel('Name', { exact: true }).fill(roomName);
     await pageA.getByLabel('Private, with a password').check();
     await pageA.getByLabel('Room password').fill(ROOM_PASSWORD);
     await pageA.getByRole('button', { name: 'Create room' }).click();
@@ -150,7 +152,7 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await register(pageB, userB);
     await shot(pageB, '03-rooms-B-phone');
     await pageB.getByLabel('Room ID or link').fill(`${API}/#/room/${roomId}`);
-    await pageB.getByRole('button', { name: 'Open' }).click();
+    await pageB.getByRole('button', { name: 'Open', exact: true }).click();
     const password = pageB.locator('#join-password');
     await password.fill('not-the-password');
     await pageB.getByRole('button', { name: 'Join room' }).click();
@@ -246,10 +248,55 @@ describe('web client, two users', { timeout: 180_000 }, () => {
   });
 
   it('7. B leaves the room; A sees the notice', async () => {
-    await pageB.getByRole('button', { name: 'Leave' }).click();
+    await pageB.getByRole('button', { name: 'Leave', exact: true }).click();
     await pageB.waitForURL(/#\/$/);
     await pageA.locator('.notice.member_left', { hasText: userB }).waitFor();
     await pageA.locator('.online-list li', { hasText: userB }).waitFor({ state: 'detached' });
     await shot(pageA, '10-after-leave-A');
+  });
+
+  it('8. invite-only room: B is refused until A invites B', async () => {
+    const name = `Invite only ${run}`;
+    await pageA.locator('summary', { hasText: 'New room' }).click();
+    await pageA.getByLabel('Name', { exact: true }).fill(name);
+    await pageA.getByLabel('Private, invite only').check();
+    await pageA.getByRole('button', { name: 'Create room' }).click();
+    await pageA.locator('#room-title', { hasText: name }).waitFor();
+    const inviteRoom = /#\/room\/([0-9a-f-]{36})$/.exec(pageA.url())[1];
+    await pageA.locator('.room-link', { hasText: name }).locator('.badge.invite').waitFor();
+
+    await pageB.getByLabel('Room ID or link').fill(inviteRoom);
+    await pageB.getByRole('button', { name: 'Open', exact: true }).click();
+    await pageB.getByRole('button', { name: 'Join room' }).click();
+    await pageB.locator('.join-panel .error').filter({ hasText: 'invite-only' }).waitFor();
+    await shot(pageB, '11-invite-required-B');
+
+    await pageA.locator('summary', { hasText: 'Invite' }).click();
+    await pageA.getByLabel('Username to invite').fill(userB);
+    await pageA.getByLabel('Username to invite').press('Enter');
+    await pageA.locator('.form-status', { hasText: `Invited ${userB}` }).waitFor();
+    await pageA.getByLabel('Username to invite').fill(`nobody_${run}`);
+    await pageA.getByLabel('Username to invite').press('Enter');
+    await pageA.locator('.form-status.error').waitFor();
+    await shot(pageA, '12-invite-A');
+
+    await pageB.getByRole('button', { name: 'Join room' }).click();
+    await pageB.locator('#room-title', { hasText: name }).waitFor();
+    await pageA.locator('.notice.member_joined', { hasText: userB }).waitFor();
+    await send(pageB, 'thanks for the invite');
+    await msg(pageA, 'thanks for the invite').waitFor();
+  });
+
+  it('9. log out, log back in: the session and rooms come back', async () => {
+    await pageB.getByRole('button', { name: 'Log out' }).click();
+    await pageB.getByRole('button', { name: 'Log in' }).waitFor();
+    await pageB.getByLabel('Username').fill(userB);
+    await pageB.getByLabel('Password').fill('wrong-password-xx');
+    await pageB.getByLabel('Password').press('Enter');
+    await pageB.locator('.auth .error', { hasText: 'Wrong username or password' }).waitFor();
+    await pageB.getByLabel('Password').fill(PASSWORD);
+    await pageB.getByLabel('Password').press('Enter');
+    await pageB.locator('.me-name', { hasText: userB }).waitFor({ state: 'attached' });
+    await pageB.locator('.room-link', { hasText: `Invite only ${run}` }).waitFor();
   });
 });

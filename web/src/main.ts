@@ -284,7 +284,7 @@ class App {
         h('a', { class: 'brand', href: '#/' }, 'Confab'),
         this.connDot,
         h('span', { class: 'spacer' }),
-        h('span', { class: 'whoami' }, 'Signed in as ', h('strong', { class: 'me-name' }, s.user.username)),
+        h('span', { class: 'whoami' }, h('span', { class: 'whoami-prefix' }, 'Signed in as '), h('strong', { class: 'me-name' }, s.user.username)),
         h('button', { type: 'button', class: 'ghost', onclick: () => this.logout() }, 'Log out'),
       ),
       this.banner,
@@ -300,10 +300,11 @@ class App {
             h('h2', null, 'Rooms'),
             h('button', { type: 'button', class: 'ghost small', onclick: () => void this.refreshRooms() }, 'Refresh'),
           ),
-          this.roomList,
-          this.roomListStatus,
           this.createRoomForm(),
           this.joinByIdForm(),
+          h('h3', { class: 'list-title' }, 'Your rooms and public rooms'),
+          this.roomList,
+          this.roomListStatus,
         ),
         this.content,
       ),
@@ -335,7 +336,7 @@ class App {
     const rooms = [...this.rooms].sort(
       (a, b) => Number(b.is_member) - Number(a.is_member) || a.name.localeCompare(b.name),
     );
-    this.roomListStatus.textContent = rooms.length ? '' : 'No rooms yet. Create one below.';
+    this.roomListStatus.textContent = rooms.length ? '' : 'No rooms yet. Create one above.';
     replace(
       this.roomList,
       rooms.map((r) =>

@@ -143,7 +143,16 @@ export class RoomView {
           { class: 'room-actions' },
           h(
             'details',
-            { class: 'popover' },
+            {
+              class: 'popover',
+              onkeydown: (e: KeyboardEvent) => {
+                const d = e.currentTarget as HTMLDetailsElement;
+                if (e.key === 'Escape' && d.open) {
+                  d.open = false;
+                  d.querySelector('summary')?.focus();
+                }
+              },
+            },
             h('summary', null, 'Invite'),
             h('div', { class: 'popover-body' }, inviteForm, this.inviteStatus, h('p', { class: 'hint' }, 'Room ID: ', h('code', { class: 'room-id' }, room.id))),
           ),
