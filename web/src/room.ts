@@ -210,6 +210,16 @@ export class RoomView {
     const page = await this.host.api.messages(this.room.id, PAGE_SIZE);
     if (this.destroyed) return null;
     const stick = this.nearBottom();
+    const newest = this.items.length ? this.items[this.items.length - 1].offset : null;
+    const oldestInPage = page.messages.length ? page.messages[page.messages.length - 1].offset : null;
+    if (!first && newest !== null && oldestInPage !== null && oldestInPage > newest && page.next_before !== null) {
+      // More was missed than one page holds: start over from this page rather
+      // than show a silent gap; older messages load on scroll-back as usual.
+      this.items = [];
+      this.seen.clear();
+      this.list.replaceChildren();
+      first = true;
+    }
     for (const m of page.messages) this.addHistory(m);
     if (first) this.nextBefore = page.next_before;
     this.setHistoryTop(this.nextBefore === null ? 'start' : 'more');
@@ -362,9 +372,12 @@ export class RoomView {
       positioned: true,
       joinLeave: true,
     };
-    // Recover everything published after the newest message we loaded over REST.
-    // The epoch is unknown here: an empty epoch means "whatever epoch is current".
-    if (since !== null) opts.since = { offset: since, epoch: '' };
+    // Recover everything published after the newest message loaded over REST
+    // (from the start when history was empty: e.g. a new room whose first event
+    // is not persisted yet). The epoch is unknown here: an empty epoch means
+    // "whatever epoch is current". If the gateway cannot recover that far, it
+    // says recovered: false and onSubscribed reloads from REST.
+    opts.since = { offset: since ?? 0, epoch: '' };
 
     const existing = client.getSubscription(this.room.channel);
     if (existing) client.removeSubscription(existing);
