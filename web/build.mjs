@@ -50,7 +50,9 @@ async function emit(result) {
     .replace('%APP_JS%', `/${jsName}`)
     .replace('%STYLE_CSS%', `/${cssName}`);
   await writeFile(join(dist, 'index.html'), html);
-  const names = [jsName, `${jsName}.map`, 'LICENSES.txt', cssName, 'index.html'].filter((n) => files['app.js.map'] || n !== `${jsName}.map`);
+  const names = [jsName, cssName, 'index.html'];
+  if (files['app.js.map']) names.push(`${jsName}.map`);
+  if (files['app.js.LEGAL.txt']) names.push('LICENSES.txt');
   for (const old of before) {
     if (!names.includes(old)) await rm(join(dist, old), { recursive: true, force: true });
   }
