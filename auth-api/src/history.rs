@@ -1,0 +1,185 @@
+//! Room history from the `messages` table, and subscription tokens.
+//!
+//! History is keyset-paginated on `stream_offset`, newest first:
+//! `WHERE room_id = $1 AND stream_offset < $before ORDER BY stream_offset DESC
+//! LIMIT $limit + 1`, served by the primary key `(room_id, stream_offset)`
+//! scanned backwards. The extra row tells whether an older page exists.
+//!
+//! A cursor is an exclusive upper bound on the offset, not a row count, so
+//! rows inserted while a client pages (at newer offsets: the persister stores
+//! each partition in offset order) never shift later pages, and every row is
+//! returned exactly once.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{AuthUser, RoomId};
+use crate::model::{Message, MessageKind, MessagePage, SubscriptionToken, User};
+use crate::rooms::load_as_member;
+use crate::AppState;
+
+/// The page size when `limit` is not given.
+pub const DEFAULT_LIMIT: i64 = 50;
+/// The largest page; bigger `limit`s are capped to it.
+pub const MAX_LIMIT: i64 = 200;
+
+/// Reads `limit` and `before` from the query string.
+fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let limit = match query
+        .get("limit")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if n > 0 => n.min(MAX_LIMIT),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be a positive integer (at most {MAX_LIMIT} are returned)"),
+                ))
+            }
+        },
+    };
+    let before = match query
+        .get("before")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        None => i64::MAX,
+        Some(raw) => raw.parse::<i64>().map_err(|_| {
+            ApiError::bad_request("invalid_before", "before must be an integer offset")
+        })?,
+    };
+    Ok((limit, before))
+}
+
+fn kind(raw: &str) -> Result<MessageKind, ApiError> {
+    match raw {
+        "message" => Ok(MessageKind::Message),
+        "member_joined" => Ok(MessageKind::MemberJoined),
+        "member_left" => Ok(MessageKind::MemberLeft),
+        other => Err(ApiError::internal(format!("message kind {other:?}"))),
+    }
+}
+
+/// A page of a room's history, newest first.
+#[utoipa::path(
+    get, path = "/api/rooms/{id}/messages", tag = "history",
+    security(("bearer" = [])),
+    params(
+        ("id" = uuid::Uuid, Path, description = "Room id"),
+        ("limit" = Option<i64>, Query, description = "Page size, default 50, capped at 200; must be positive"),
+        ("before" = Option<i64>, Query, description = "Only entries with a smaller offset (exclusive); the previous page's `next_before`"),
+    ),
+    responses(
+        (status = 200, description = "A page of history", body = MessagePage),
+        (status = 400, description = "Bad `limit` or `before`", body = ErrorBody),
+        (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not a member (`not_a_member`)", body = ErrorBody),
+        (status = 404, description = "No such room, or invisible", body = ErrorBody),
+    )
+)]
+pub async fn messages(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    RoomId(room): RoomId,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let Query(query) =
+        query.map_err(|_| ApiError::bad_request("invalid_query", "malformed query string"))?;
+    let (limit, before) = page_params(&query)?;
+    let conn = state.db().await?;
+    load_as_member(&*conn, room, caller.id).await?;
+    let rows = conn
+        .query(
+            "SELECT stream_offset, id, kind, user_id, username, data::text, created_at
+             FROM messages
+             WHERE room_id = $1 AND stream_offset < $2
+             ORDER BY stream_offset DESC
+             LIMIT $3",
+            &[&room, &before, &(limit + 1)],
+        )
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
+    for row in rows.iter().take(limit as usize) {
+        let data: String = row.get(5);
+        messages.push(Message {
+            offset: row.get(0),
+            id: row.get(1),
+            room_id: room,
+            kind: kind(row.get(2))?,
+            user: User {
+                id: row.get(3),
+                username: row.get(4),
+            },
+            data: RawValue::from_string(data).map_err(ApiError::internal)?,
+            created_at: row.get(6),
+        });
+    }
+    let next_before = if more {
+        messages.last().map(|m| m.offset)
+    } else {
+        None
+    };
+    Ok(Json(MessagePage {
+        messages,
+        next_before,
+    }))
+}
+
+/// A subscription token for the room's channel. Only members get one.
+#[utoipa::path(
+    post, path = "/api/rooms/{id}/subscription-token", tag = "history",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "A JWT for this user and `room:<id>`", body = SubscriptionToken),
+        (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not a member (`not_a_member`)", body = ErrorBody),
+        (status = 404, description = "No such room, or invisible", body = ErrorBody),
+    )
+)]
+pub async fn subscription_token(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    RoomId(room): RoomId,
+) -> Result<Json<SubscriptionToken>, ApiError> {
+    let conn = state.db().await?;
+    load_as_member(&*conn, room, caller.id).await?;
+    let channel = confab_common::room_channel(room);
+    let (token, _exp) = state.jwt().issue_subscription(caller.id, &channel);
+    Ok(Json(SubscriptionToken { token }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn limits_default_cap_and_reject() {
+        assert_eq!(page_params(&q(&[])).unwrap(), (50, i64::MAX));
+        assert_eq!(page_params(&q(&[("limit", "500")])).unwrap().0, 200);
+        assert_eq!(
+            page_params(&q(&[("limit", "7"), ("before", "42")])).unwrap(),
+            (7, 42)
+        );
+        for bad in ["0", "-1", "ten", "1.5"] {
+            assert!(page_params(&q(&[("limit", bad)])).is_err(), "{bad}");
+        }
+        assert!(page_params(&q(&[("before", "x")])).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The JSON bodies of the REST API (CONTRACT §3).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+}
+
+/// The body of register and login.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Credentials {
+    /// 3–32 characters of `[A-Za-z0-9_.-]`.
+    pub username: String,
+    /// At least 8 characters.
+    pub password: String,
+}
+
+/// The answer to register and login.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthResponse {
+    pub user: User,
+    /// An access token: `Authorization: Bearer <token>`, and the WebSocket
+    /// connect token.
+    pub token: String,
+    /// When the token expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Who can see and join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Public,
+    Private,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+        }
+    }
+}
+
+/// The body of `POST /api/rooms`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateRoom {
+    /// 1–100 characters; surrounding whitespace is dropped.
+    pub name: String,
+    pub visibility: Visibility,
+    /// Only for private rooms: they then admit by password instead of by invite.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A room as a given caller sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Room {
+    pub id: Uuid,
+    pub name: String,
+    pub visibility: Visibility,
+    /// True for private rooms that admit by password.
+    pub requires_password: bool,
+    pub owner_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The WebSocket channel, `room:<id>`.
+    pub channel: String,
+    pub member_count: i64,
+    /// Whether the caller is a member.
+    pub is_member: bool,
+}
+
+/// The answer to `GET /api/rooms`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomList {
+    pub rooms: Vec<Room>,
+}
+
+/// The optional body of `POST /api/rooms/{id}/join`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct JoinRoom {
+    /// Required for password rooms, ignored otherwise.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The body of `POST /api/rooms/{id}/invites`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateInvite {
+    pub username: String,
+}
+
+/// The answer to `POST /api/rooms/{id}/invites`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Invite {
+    pub room_id: Uuid,
+    /// The invited user.
+    pub user: User,
+    /// The member who invited them.
+    pub invited_by: Uuid,
+}
+
+/// A member's role in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Member,
+}
+
+/// One member of a room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    pub user: User,
+    pub role: Role,
+    #[serde(with = "time::serde::rfc3339")]
+    pub joined_at: OffsetDateTime,
+}
+
+/// The answer to `GET /api/rooms/{id}/members`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberList {
+    pub members: Vec<Member>,
+}
+
+/// What a history entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Message,
+    MemberJoined,
+    MemberLeft,
+}
+
+/// One persisted room record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    /// The stream position: the Kafka offset, also the WebSocket publication offset.
+    pub offset: i64,
+    pub kind: MessageKind,
+    /// The sender, or the member who joined or left.
+    pub user: User,
+    /// The publication data exactly as it was sent.
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// The `before` of the next, older page; null once history is exhausted.
+    pub next_before: Option<i64>,
+}
+
+/// The answer to `POST /api/rooms/{id}/subscription-token`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionToken {
+    /// A JWT for this user and the room's channel.
+    pub token: String,
+}

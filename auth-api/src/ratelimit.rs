@@ -1,0 +1,147 @@
+//! In-memory token buckets for login and join-by-password attempts.
+//!
+//! Each key (`login:user:<name>`, `login:ip:<addr>`, ...) owns a bucket of
+//! `burst` tokens that refills evenly over `window`; each key names its own
+//! [`Quota`]. Every attempt takes one token from the user's bucket and one
+//! from the address's bucket; an empty bucket means 429.
+//! Buckets live in one process, which suits a single auth-api instance; several
+//! instances would each allow the limit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How many attempts a key gets, and how fast they come back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// Attempts allowed at once (the bucket size).
+    pub burst: u32,
+    /// The time in which a full bucket refills.
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    /// The refill window of the bucket's quota, for sweeping idle buckets.
+    window: Duration,
+}
+
+/// Buckets above this count trigger a sweep of the full (idle) ones.
+const SWEEP_AT: usize = 10_000;
+
+impl Quota {
+    fn rate(&self) -> f64 {
+        f64::from(self.burst) / self.window.as_secs_f64().max(1e-9)
+    }
+
+    fn refreshed(&self, bucket: Bucket, now: Instant) -> Bucket {
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        Bucket {
+            tokens: (bucket.tokens + elapsed * self.rate()).min(f64::from(self.burst)),
+            updated: now,
+            window: self.window,
+        }
+    }
+}
+
+/// A set of token buckets keyed by string.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one token from every key's bucket, or from none of them. Returns
+    /// false (and takes nothing) when any bucket is empty.
+    pub fn try_acquire(&self, keys: &[(&str, Quota)]) -> bool {
+        self.try_acquire_at(keys, Instant::now())
+    }
+
+    fn try_acquire_at(&self, keys: &[(&str, Quota)], now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let current: Vec<Bucket> = keys
+            .iter()
+            .map(|(k, quota)| match buckets.get(*k) {
+                Some(b) => quota.refreshed(*b, now),
+                None => Bucket {
+                    tokens: f64::from(quota.burst),
+                    updated: now,
+                    window: quota.window,
+                },
+            })
+            .collect();
+        if current.iter().any(|b| b.tokens < 1.0) {
+            return false;
+        }
+        for ((key, _), mut bucket) in keys.iter().zip(current) {
+            bucket.tokens -= 1.0;
+            buckets.insert((*key).to_owned(), bucket);
+        }
+        if buckets.len() > SWEEP_AT {
+            // A bucket idle for its whole window is full again: forget it.
+            buckets.retain(|_, b| now.saturating_duration_since(b.updated) < b.window);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(burst: u32) -> Quota {
+        Quota {
+            burst,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn burst_then_refuse_then_refill() {
+        let l = RateLimiter::new();
+        let t0 = Instant::now();
+        let keys = |u, i| [(u, q(3)), (i, q(3))];
+        for _ in 0..3 {
+            assert!(l.try_acquire_at(&keys("user:a", "ip:1"), t0));
+        }
+        assert!(!l.try_acquire_at(&keys("user:a", "ip:1"), t0));
+        // Another user from the same address is refused too: the address is empty.
+        assert!(!l.try_acquire_at(&keys("user:b", "ip:1"), t0));
+        // The same user from another address is refused: the user is empty.
+        assert!(!l.try_acquire_at(&keys("user:a", "ip:2"), t0));
+        // A fresh user and address pass.
+        assert!(l.try_acquire_at(&keys("user:b", "ip:2"), t0));
+        // One token comes back every 20 s.
+        let t1 = t0 + Duration::from_secs(21);
+        assert!(l.try_acquire_at(&keys("user:a", "ip:1"), t1));
+        assert!(!l.try_acquire_at(&keys("user:a", "ip:1"), t1 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn refusal_takes_nothing() {
+        let l = RateLimiter::new();
+        let t0 = Instant::now();
+        assert!(l.try_acquire_at(&[("ip:1", q(1))], t0));
+        // user:x has a token but ip:1 does not; user:x must keep its token.
+        assert!(!l.try_acquire_at(&[("user:x", q(1)), ("ip:1", q(1))], t0));
+        assert!(l.try_acquire_at(&[("user:x", q(1)), ("ip:9", q(1))], t0));
+    }
+
+    #[test]
+    fn keys_have_their_own_quotas() {
+        let l = RateLimiter::new();
+        let t0 = Instant::now();
+        assert!(l.try_acquire_at(&[("user:a", q(1)), ("ip:1", q(5))], t0));
+        assert!(!l.try_acquire_at(&[("user:a", q(1)), ("ip:1", q(5))], t0));
+        for u in ["user:b", "user:c", "user:d", "user:e"] {
+            assert!(l.try_acquire_at(&[(u, q(1)), ("ip:1", q(5))], t0));
+        }
+        assert!(!l.try_acquire_at(&[("user:f", q(1)), ("ip:1", q(5))], t0));
+    }
+}
