@@ -1,0 +1,916 @@
+//! Rooms: who is subscribed on this instance, the recovery window, fan-out.
+//!
+//! Every record the Kafka consumer reads goes through [`Hub::deliver`]: under
+//! its room's shard lock the publication is appended to the room's window and
+//! its push bytes, encoded once, are handed to each subscriber's bounded queue.
+//! A subscribe takes the same lock, so its reply position and the pushes that
+//! follow it never overlap or leave a gap.
+//!
+//! Positions: a room lives in one partition, and a publication's offset is its
+//! Kafka offset there. A subscriber's position may be any offset of that
+//! partition (offsets have gaps because rooms share partitions). The window of
+//! a room holds every publication of the room with an offset above its
+//! `floor`: the larger of "where this instance started reading the
+//! partition" and "the newest publication evicted from the window".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use confab_common::record::{RecordKind, RoomRecord};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics as m;
+use crate::protocol::{self, unsubscribe_codes, Disconnect};
+
+/// What the hub sends to a connection, in stream order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Bytes to write as they are (a push).
+    Push(Bytes),
+    /// The server removed subscription `sub_id` (the user left the room).
+    Unsubscribed {
+        room: Uuid,
+        sub_id: u64,
+        push: Bytes,
+    },
+}
+
+/// A connection as the hub sees it.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client id given in the connect reply.
+    pub client: String,
+    pub user: Uuid,
+    pub username: String,
+    /// `{"user":..,"client":..,"conn_info":..}` for presence, join and leave.
+    pub info: Bytes,
+    /// The connection's bounded send queue.
+    pub queue: mpsc::Sender<Outbound>,
+    /// Cancelled to disconnect the connection from outside its task.
+    pub kill: CancellationToken,
+    /// The disconnect code chosen by whoever cancelled `kill` first.
+    kill_code: AtomicU32,
+}
+
+impl Peer {
+    pub fn new(
+        client: String,
+        user: Uuid,
+        username: String,
+        queue: mpsc::Sender<Outbound>,
+        kill: CancellationToken,
+    ) -> Self {
+        let info = protocol::encode_client_info(&user.to_string(), &client, &username);
+        Self {
+            client,
+            user,
+            username,
+            info,
+            queue,
+            kill,
+            kill_code: AtomicU32::new(0),
+        }
+    }
+
+    /// Disconnects the connection with `d` (the first caller's code wins).
+    pub fn kill(&self, d: Disconnect) {
+        let _ = self.kill_code.compare_exchange(
+            0,
+            u32::from(d.code),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.kill.cancel();
+    }
+
+    /// The code passed to [`Peer::kill`].
+    pub fn kill_code(&self) -> u16 {
+        self.kill_code.load(Ordering::Acquire) as u16
+    }
+
+    /// Queues `msg`; a full queue disconnects the slow consumer.
+    fn offer(&self, msg: Outbound) -> bool {
+        match self.queue.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                if !self.kill.is_cancelled() {
+                    metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
+                }
+                metrics::counter!(m::SEND_QUEUE_DROPS).increment(1);
+                self.kill(Disconnect::SLOW);
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// One stored publication.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub offset: u64,
+    pub ts_ms: i64,
+    /// The encoded publication, shared by pushes and replies.
+    pub publication: Bytes,
+}
+
+struct Sub {
+    peer: Arc<Peer>,
+    /// Offsets up to this one were already delivered (by recovery on a
+    /// gateway that had read further); they are not pushed again.
+    skip_until: i64,
+}
+
+struct Room {
+    channel: Arc<str>,
+    partition: usize,
+    window: VecDeque<Entry>,
+    /// The newest offset evicted from the window, or -1.
+    evicted: i64,
+    subs: HashMap<u64, Sub>,
+}
+
+/// Per-partition progress of this instance's consumer.
+#[derive(Debug)]
+pub struct PartitionState {
+    /// The last offset processed, or `floor` before any.
+    pub top: AtomicI64,
+    /// Every record after this offset has been (or will be) processed: the
+    /// offset before the one this instance started reading at.
+    pub floor: AtomicI64,
+    /// The broker's high watermark, as last seen.
+    pub high: AtomicI64,
+}
+
+impl PartitionState {
+    fn new() -> Self {
+        Self {
+            top: AtomicI64::new(-1),
+            floor: AtomicI64::new(-1),
+            high: AtomicI64::new(0),
+        }
+    }
+}
+
+/// Settings for windows.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub partitions: usize,
+    pub epoch: String,
+    /// Publications kept per room.
+    pub history_size: usize,
+    /// Publications older than this are dropped from windows (0 = never).
+    pub history_ttl_ms: i64,
+}
+
+/// The result of a subscribe.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub sub_id: u64,
+    pub offset: u64,
+    pub epoch: String,
+    pub was_recovering: bool,
+    pub recovered: bool,
+    pub publications: Vec<Bytes>,
+}
+
+/// The result of a history query.
+#[derive(Debug)]
+pub struct History {
+    pub publications: Vec<Bytes>,
+    pub offset: u64,
+    pub epoch: String,
+}
+
+const SHARDS: usize = 64;
+
+/// All rooms of this instance.
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<Uuid, Room>>>,
+    partitions: Vec<PartitionState>,
+    config: HubConfig,
+    next_sub: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Kafka's murmur2 (as in the Java client and librdkafka's `murmur2`
+/// partitioners).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = SEED ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition the producer's `murmur2_random` partitioner picks for a room.
+pub fn room_partition(room: Uuid, partitions: usize) -> usize {
+    let key = room.to_string();
+    ((murmur2(key.as_bytes()) & 0x7fff_ffff) as usize) % partitions.max(1)
+}
+
+/// A deterministic epoch for a topic: every instance reading the same topic
+/// computes the same one.
+pub fn epoch_for_topic(topic: &str) -> String {
+    // FNV-1a, 64 bit.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:08x}", (h >> 32) as u32)
+}
+
+fn now_ms() -> i64 {
+    confab_common::record::now_ms()
+}
+
+impl Room {
+    fn new(room: Uuid, partition: usize) -> Self {
+        Self {
+            channel: confab_common::room_channel(room).into(),
+            partition,
+            window: VecDeque::new(),
+            evicted: -1,
+            subs: HashMap::new(),
+        }
+    }
+
+    fn expire(&mut self, size: usize, ttl_ms: i64, now: i64) {
+        while self.window.len() > size
+            || (ttl_ms > 0 && self.window.front().is_some_and(|e| e.ts_ms < now - ttl_ms))
+        {
+            if let Some(e) = self.window.pop_front() {
+                self.evicted = self.evicted.max(e.offset as i64);
+            }
+        }
+    }
+
+    fn last(&self) -> i64 {
+        self.window.back().map_or(-1, |e| e.offset as i64)
+    }
+
+    fn broadcast(&self, bytes: &Bytes) {
+        for sub in self.subs.values() {
+            sub.peer.offer(Outbound::Push(bytes.clone()));
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            partitions: (0..config.partitions.max(1))
+                .map(|_| PartitionState::new())
+                .collect(),
+            config,
+            next_sub: AtomicU64::new(1),
+        }
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.config.epoch
+    }
+
+    pub fn partitions(&self) -> &[PartitionState] {
+        &self.partitions
+    }
+
+    /// Sets where this instance starts reading `partition`.
+    pub fn init_partition(&self, partition: usize, start: i64, high: i64) {
+        if let Some(p) = self.partitions.get(partition) {
+            p.floor.store(start - 1, Ordering::Release);
+            p.top.store(start - 1, Ordering::Release);
+            p.high.store(high, Ordering::Release);
+        }
+    }
+
+    fn shard(&self, room: Uuid) -> MutexGuard<'_, HashMap<Uuid, Room>> {
+        let idx = (room.as_u128() as usize) % SHARDS;
+        // A poisoned shard only means a panic elsewhere; the data is still
+        // consistent enough to keep serving.
+        self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn partition_of(&self, room: Uuid) -> usize {
+        room_partition(room, self.partitions.len())
+    }
+
+    /// Processes one record read at `offset` of `partition`: stores it in the
+    /// room's window and pushes it to every subscriber.
+    pub fn deliver(&self, partition: usize, offset: i64, record: &RoomRecord) {
+        let now = now_ms();
+        let info =
+            protocol::encode_client_info(&record.user.id.to_string(), "", &record.user.username);
+        let publication = protocol::encode_publication(record.data.get(), &info, offset as u64);
+        {
+            let mut shard = self.shard(record.room_id);
+            let room = shard
+                .entry(record.room_id)
+                .or_insert_with(|| Room::new(record.room_id, partition));
+            room.partition = partition;
+            let push = protocol::encode_pub_push(&room.channel, &publication);
+            room.window.push_back(Entry {
+                offset: offset as u64,
+                ts_ms: record.ts_ms,
+                publication,
+            });
+            room.expire(self.config.history_size, self.config.history_ttl_ms, now);
+            let mut delivered = 0u64;
+            for sub in room.subs.values() {
+                if offset <= sub.skip_until {
+                    continue;
+                }
+                if sub.peer.offer(Outbound::Push(push.clone())) {
+                    delivered += 1;
+                }
+            }
+            if delivered > 0 {
+                metrics::counter!(m::MESSAGES_DELIVERED).increment(delivered);
+                let lag = (now - record.ts_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!(m::PUBLISH_TO_DELIVER).record(lag);
+            }
+            if record.kind == RecordKind::MemberLeft {
+                self.remove_user(room, record.user.id, offset);
+            }
+        }
+        self.skip(partition, offset);
+    }
+
+    /// Notes that `offset` of `partition` was read but held no usable record.
+    pub fn skip(&self, partition: usize, offset: i64) {
+        if let Some(p) = self.partitions.get(partition) {
+            p.top.fetch_max(offset, Ordering::AcqRel);
+            p.high.fetch_max(offset + 1, Ordering::AcqRel);
+        }
+    }
+
+    /// Unsubscribes every subscription of `user` (it left the room).
+    fn remove_user(&self, room: &mut Room, user: Uuid, offset: i64) {
+        let ids: Vec<u64> = room
+            .subs
+            .iter()
+            .filter(|(_, s)| s.peer.user == user && offset > s.skip_until)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let push = protocol::encode_unsubscribe_push(
+            &room.channel,
+            unsubscribe_codes::SERVER,
+            "member left",
+        );
+        for id in ids {
+            if let Some(sub) = room.subs.remove(&id) {
+                metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+                sub.peer.offer(Outbound::Unsubscribed {
+                    room: room_id_of(&room.channel),
+                    sub_id: id,
+                    push: push.clone(),
+                });
+                room.broadcast(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
+            }
+        }
+    }
+
+    /// Adds a subscriber to `room`, recovering from `recover` (offset and
+    /// epoch) when asked. Join pushes go to every subscriber, this one
+    /// included, after its reply.
+    pub fn subscribe(
+        &self,
+        room_id: Uuid,
+        peer: &Arc<Peer>,
+        recover: Option<(u64, &str)>,
+    ) -> Subscribed {
+        let now = now_ms();
+        let partition = self.partition_of(room_id);
+        let mut shard = self.shard(room_id);
+        let room = shard
+            .entry(room_id)
+            .or_insert_with(|| Room::new(room_id, partition));
+        room.expire(self.config.history_size, self.config.history_ttl_ms, now);
+        let part = &self.partitions[room.partition];
+        let top = part.top.load(Ordering::Acquire);
+        let mut position = top.max(room.last());
+        let mut skip_until = -1;
+        let mut out = Subscribed {
+            sub_id: self.next_sub.fetch_add(1, Ordering::Relaxed),
+            offset: 0,
+            epoch: self.config.epoch.clone(),
+            was_recovering: false,
+            recovered: false,
+            publications: Vec::new(),
+        };
+        if let Some((offset, epoch)) = recover {
+            out.was_recovering = true;
+            let since = offset.min(i64::MAX as u64) as i64;
+            let floor = part.floor.load(Ordering::Acquire).max(room.evicted);
+            let epoch_ok = epoch.is_empty() || epoch == self.config.epoch;
+            if epoch_ok && since >= floor {
+                if since <= position {
+                    out.publications = room
+                        .window
+                        .iter()
+                        .filter(|e| e.offset as i64 > since)
+                        .map(|e| e.publication.clone())
+                        .collect();
+                    out.recovered = true;
+                } else if since < part.high.load(Ordering::Acquire) {
+                    // Another instance has read further: the client already
+                    // has everything up to `since`; push only what follows.
+                    out.recovered = true;
+                    skip_until = since;
+                    position = since;
+                }
+            }
+        }
+        out.offset = position.max(0) as u64;
+        room.subs.insert(
+            out.sub_id,
+            Sub {
+                peer: Arc::clone(peer),
+                skip_until,
+            },
+        );
+        metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
+        room.broadcast(&protocol::encode_join_push(&room.channel, &peer.info));
+        out
+    }
+
+    /// Removes subscription `sub_id`; leave pushes go to the others.
+    pub fn unsubscribe(&self, room_id: Uuid, sub_id: u64) -> bool {
+        let mut shard = self.shard(room_id);
+        let Some(room) = shard.get_mut(&room_id) else {
+            return false;
+        };
+        let Some(sub) = room.subs.remove(&sub_id) else {
+            return false;
+        };
+        metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
+        room.broadcast(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
+        true
+    }
+
+    /// The room's connected subscribers on this instance: (client id, info).
+    pub fn presence(&self, room_id: Uuid) -> Vec<(String, Bytes)> {
+        let shard = self.shard(room_id);
+        shard.get(&room_id).map_or_else(Vec::new, |room| {
+            room.subs
+                .values()
+                .map(|s| (s.peer.client.clone(), s.peer.info.clone()))
+                .collect()
+        })
+    }
+
+    /// (clients, distinct users) subscribed to the room on this instance.
+    pub fn presence_stats(&self, room_id: Uuid) -> (usize, usize) {
+        let shard = self.shard(room_id);
+        shard.get(&room_id).map_or((0, 0), |room| {
+            let mut users: Vec<Uuid> = room.subs.values().map(|s| s.peer.user).collect();
+            let clients = users.len();
+            users.sort_unstable();
+            users.dedup();
+            (clients, users.len())
+        })
+    }
+
+    /// The current position of a room (what a subscribe reply would say).
+    pub fn position(&self, room_id: Uuid) -> u64 {
+        let partition = self.partition_of(room_id);
+        let shard = self.shard(room_id);
+        let last = shard.get(&room_id).map_or(-1, Room::last);
+        let p = shard.get(&room_id).map_or(partition, |r| r.partition);
+        self.partitions[p]
+            .top
+            .load(Ordering::Acquire)
+            .max(last)
+            .max(0) as u64
+    }
+
+    /// History from the window, with the reference server's semantics:
+    /// `limit` 0 returns only the position, a negative limit everything;
+    /// `since` returns what follows it (or, with `reverse`, what precedes
+    /// it, newest first). A `since` older than the window, or from another
+    /// epoch, is error 112.
+    pub fn history(
+        &self,
+        room_id: Uuid,
+        limit: i32,
+        since: Option<(u64, &str)>,
+        reverse: bool,
+    ) -> Result<History, protocol::ProtoError> {
+        let now = now_ms();
+        let partition = self.partition_of(room_id);
+        let mut shard = self.shard(room_id);
+        let room = shard
+            .entry(room_id)
+            .or_insert_with(|| Room::new(room_id, partition));
+        room.expire(self.config.history_size, self.config.history_ttl_ms, now);
+        let part = &self.partitions[room.partition];
+        let position = part.top.load(Ordering::Acquire).max(room.last()).max(0) as u64;
+        let take = if limit < 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        let publications: Vec<Bytes> = match since {
+            None => {
+                if reverse {
+                    room.window
+                        .iter()
+                        .rev()
+                        .take(take)
+                        .map(|e| e.publication.clone())
+                        .collect()
+                } else {
+                    room.window
+                        .iter()
+                        .take(take)
+                        .map(|e| e.publication.clone())
+                        .collect()
+                }
+            }
+            Some((offset, epoch)) => {
+                if !epoch.is_empty() && epoch != self.config.epoch {
+                    return Err(protocol::ProtoError::UNRECOVERABLE_POSITION);
+                }
+                let since = offset.min(i64::MAX as u64) as i64;
+                let floor = part.floor.load(Ordering::Acquire).max(room.evicted);
+                if reverse {
+                    room.window
+                        .iter()
+                        .rev()
+                        .filter(|e| (e.offset as i64) < since)
+                        .take(take)
+                        .map(|e| e.publication.clone())
+                        .collect()
+                } else {
+                    if since < floor {
+                        return Err(protocol::ProtoError::UNRECOVERABLE_POSITION);
+                    }
+                    room.window
+                        .iter()
+                        .filter(|e| e.offset as i64 > since)
+                        .take(take)
+                        .map(|e| e.publication.clone())
+                        .collect()
+                }
+            }
+        };
+        Ok(History {
+            publications,
+            offset: position,
+            epoch: self.config.epoch.clone(),
+        })
+    }
+}
+
+fn room_id_of(channel: &str) -> Uuid {
+    confab_common::parse_room_channel(channel).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_common::record::UserRef;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn murmur2_matches_kafka_reference_values() {
+        // Vectors from Kafka's UtilsTest and librdkafka's rdmurmur2 tests.
+        let cases: [(&[u8], i32); 7] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+            (b"", 275_646_681),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                murmur2(input) as i32,
+                want,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn epoch_is_deterministic_per_topic() {
+        assert_eq!(
+            epoch_for_topic("confab.rooms"),
+            epoch_for_topic("confab.rooms")
+        );
+        assert_ne!(epoch_for_topic("confab.rooms"), epoch_for_topic("other"));
+        assert_eq!(epoch_for_topic("x").len(), 8);
+    }
+
+    fn hub(size: usize) -> Hub {
+        let h = Hub::new(HubConfig {
+            partitions: 1,
+            epoch: "ep".into(),
+            history_size: size,
+            history_ttl_ms: 0,
+        });
+        h.init_partition(0, 0, 0);
+        h
+    }
+
+    fn record(room: Uuid, user: Uuid, kind: RecordKind, text: &str) -> RoomRecord {
+        let u = UserRef {
+            id: user,
+            username: "u".into(),
+        };
+        match kind {
+            RecordKind::Message => RoomRecord::message(
+                room,
+                u,
+                RawValue::from_string(format!("{{\"text\":\"{text}\"}}")).unwrap(),
+            ),
+            k => RoomRecord::member_event(room, u, k),
+        }
+    }
+
+    fn peer(user: Uuid, cap: usize) -> (Arc<Peer>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            Arc::new(Peer::new(
+                Uuid::new_v4().to_string(),
+                user,
+                "u".into(),
+                tx,
+                CancellationToken::new(),
+            )),
+            rx,
+        )
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            let b = match m {
+                Outbound::Push(b) => b,
+                Outbound::Unsubscribed { push, .. } => push,
+            };
+            out.push(serde_json::from_slice(&b).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn subscribe_position_and_pushes_have_no_gap_or_duplicate() {
+        let h = hub(100);
+        let room = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        h.deliver(
+            0,
+            0,
+            &record(room, Uuid::new_v4(), RecordKind::Message, "a"),
+        );
+        h.deliver(
+            0,
+            1,
+            &record(other, Uuid::new_v4(), RecordKind::Message, "b"),
+        );
+        let (p, mut rx) = peer(Uuid::new_v4(), 16);
+        let s = h.subscribe(room, &p, None);
+        assert_eq!(s.offset, 1, "position is the partition top");
+        assert_eq!(s.epoch, "ep");
+        h.deliver(
+            0,
+            2,
+            &record(room, Uuid::new_v4(), RecordKind::Message, "c"),
+        );
+        let got = drain(&mut rx);
+        assert!(got[0]["push"]["join"].is_object());
+        assert_eq!(got[1]["push"]["pub"]["offset"], 2);
+        assert_eq!(got[1]["push"]["pub"]["data"]["text"], "c");
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn recovery_returns_exactly_the_missed_publications() {
+        let h = hub(3);
+        let room = Uuid::new_v4();
+        for o in 0..6 {
+            h.deliver(
+                0,
+                o,
+                &record(room, Uuid::new_v4(), RecordKind::Message, &o.to_string()),
+            );
+        }
+        let (p, _rx) = peer(Uuid::new_v4(), 16);
+        // Window holds 3,4,5; evicted up to 2.
+        let s = h.subscribe(room, &p, Some((2, "ep")));
+        assert!(s.recovered && s.was_recovering);
+        let offs: Vec<u64> = s
+            .publications
+            .iter()
+            .map(|b| {
+                serde_json::from_slice::<serde_json::Value>(b).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(offs, vec![3, 4, 5]);
+        assert_eq!(s.offset, 5);
+        let s = h.subscribe(room, &p, Some((1, "ep")));
+        assert!(
+            !s.recovered && s.publications.is_empty(),
+            "outside the window"
+        );
+        let s = h.subscribe(room, &p, Some((4, "other")));
+        assert!(!s.recovered, "epoch mismatch");
+        let s = h.subscribe(room, &p, Some((5, "ep")));
+        assert!(s.recovered && s.publications.is_empty());
+    }
+
+    #[test]
+    fn recovery_ahead_of_this_instance_skips_what_the_client_has() {
+        let h = hub(10);
+        h.partitions[0].high.store(10, Ordering::Release);
+        let room = Uuid::new_v4();
+        h.deliver(
+            0,
+            3,
+            &record(room, Uuid::new_v4(), RecordKind::Message, "x"),
+        );
+        let (p, mut rx) = peer(Uuid::new_v4(), 16);
+        let s = h.subscribe(room, &p, Some((6, "ep")));
+        assert!(s.recovered);
+        assert_eq!(s.offset, 6);
+        h.deliver(
+            0,
+            5,
+            &record(room, Uuid::new_v4(), RecordKind::Message, "old"),
+        );
+        h.deliver(
+            0,
+            7,
+            &record(room, Uuid::new_v4(), RecordKind::Message, "new"),
+        );
+        let got = drain(&mut rx);
+        let offs: Vec<_> = got
+            .iter()
+            .filter_map(|v| v["push"]["pub"]["offset"].as_u64())
+            .collect();
+        assert_eq!(offs, vec![7]);
+        // Beyond the broker's end: not recoverable.
+        let s = h.subscribe(room, &p, Some((50, "ep")));
+        assert!(!s.recovered);
+    }
+
+    #[test]
+    fn member_left_unsubscribes_that_user_only() {
+        let h = hub(10);
+        let room = Uuid::new_v4();
+        let leaver = Uuid::new_v4();
+        let (a, mut arx) = peer(leaver, 16);
+        let (b, mut brx) = peer(Uuid::new_v4(), 16);
+        let sa = h.subscribe(room, &a, None);
+        h.subscribe(room, &b, None);
+        drain(&mut arx);
+        drain(&mut brx);
+        h.deliver(0, 0, &record(room, leaver, RecordKind::MemberLeft, ""));
+        let mut got_unsub = false;
+        while let Ok(m) = arx.try_recv() {
+            if let Outbound::Unsubscribed {
+                sub_id,
+                push,
+                room: r,
+            } = m
+            {
+                assert_eq!(sub_id, sa.sub_id);
+                assert_eq!(r, room);
+                let v: serde_json::Value = serde_json::from_slice(&push).unwrap();
+                assert_eq!(v["push"]["unsubscribe"]["code"], 2000);
+                got_unsub = true;
+            }
+        }
+        assert!(got_unsub);
+        let got = drain(&mut brx);
+        assert_eq!(got[0]["push"]["pub"]["data"]["type"], "member_left");
+        assert!(got[1]["push"]["leave"].is_object());
+        assert_eq!(h.presence_stats(room), (1, 1));
+        assert!(!h.unsubscribe(room, sa.sub_id));
+    }
+
+    #[test]
+    fn full_queue_disconnects_only_the_slow_consumer() {
+        let h = hub(10);
+        let room = Uuid::new_v4();
+        let (slow, _srx) = peer(Uuid::new_v4(), 2);
+        let (fast, mut frx) = peer(Uuid::new_v4(), 64);
+        h.subscribe(room, &slow, None);
+        h.subscribe(room, &fast, None);
+        for o in 0..5 {
+            h.deliver(
+                0,
+                o,
+                &record(room, Uuid::new_v4(), RecordKind::Message, "m"),
+            );
+        }
+        assert!(slow.kill.is_cancelled());
+        assert_eq!(slow.kill_code(), Disconnect::SLOW.code);
+        assert!(!fast.kill.is_cancelled());
+        let pubs = drain(&mut frx)
+            .into_iter()
+            .filter(|v| v["push"]["pub"].is_object())
+            .count();
+        assert_eq!(pubs, 5);
+    }
+
+    #[test]
+    fn history_semantics() {
+        let h = hub(5);
+        let room = Uuid::new_v4();
+        for o in [1, 4, 6, 9] {
+            h.deliver(
+                0,
+                o,
+                &record(room, Uuid::new_v4(), RecordKind::Message, "m"),
+            );
+        }
+        let offs = |r: History| -> Vec<u64> {
+            r.publications
+                .iter()
+                .map(|b| {
+                    serde_json::from_slice::<serde_json::Value>(b).unwrap()["offset"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert!(offs(h.history(room, 0, None, false).unwrap()).is_empty());
+        assert_eq!(h.history(room, 0, None, false).unwrap().offset, 9);
+        assert_eq!(
+            offs(h.history(room, -1, None, false).unwrap()),
+            vec![1, 4, 6, 9]
+        );
+        assert_eq!(offs(h.history(room, 2, None, false).unwrap()), vec![1, 4]);
+        assert_eq!(offs(h.history(room, 2, None, true).unwrap()), vec![9, 6]);
+        assert_eq!(
+            offs(h.history(room, 10, Some((4, "ep")), false).unwrap()),
+            vec![6, 9]
+        );
+        assert_eq!(
+            offs(h.history(room, 10, Some((6, "")), true).unwrap()),
+            vec![4, 1]
+        );
+        assert!(h.history(room, 10, Some((4, "bad")), false).is_err());
+        let fresh = hub(1);
+        fresh.init_partition(0, 10, 10);
+        assert!(fresh.history(room, 10, Some((3, "ep")), false).is_err());
+    }
+
+    #[test]
+    fn room_partition_is_stable() {
+        let r = Uuid::parse_str("6f1c9d2e-8c0a-4f55-9a51-1f3e6c1b2a77").unwrap();
+        assert_eq!(room_partition(r, 16), room_partition(r, 16));
+        assert!(room_partition(r, 16) < 16);
+        assert_eq!(room_partition(r, 1), 0);
+    }
+}

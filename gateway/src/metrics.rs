@@ -1,0 +1,71 @@
+//! Metric names and their descriptions (`/metrics` must pass `promtool`).
+
+pub const CONNECTIONS: &str = "confab_gateway_connections";
+pub const SUBSCRIPTIONS: &str = "confab_gateway_subscriptions";
+pub const MESSAGES_PUBLISHED: &str = "confab_gateway_messages_published_total";
+pub const PUBLISH_FAILURES: &str = "confab_gateway_publish_failures_total";
+pub const MESSAGES_DELIVERED: &str = "confab_gateway_messages_delivered_total";
+pub const PUBLISH_TO_DELIVER: &str = "confab_gateway_publish_to_deliver_seconds";
+pub const KAFKA_PRODUCE: &str = "confab_gateway_kafka_produce_seconds";
+pub const SEND_QUEUE_DROPS: &str = "confab_gateway_send_queue_drops_total";
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "confab_gateway_slow_consumer_disconnects_total";
+pub const CONSUMER_LAG: &str = "confab_gateway_consumer_lag";
+pub const RECORDS_CONSUMED: &str = "confab_gateway_records_consumed_total";
+pub const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
+pub const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
+
+/// Registers HELP text for every gateway metric.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        CONNECTIONS,
+        "Open WebSocket connections that completed connect."
+    );
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Active channel subscriptions on this instance."
+    );
+    describe_counter!(
+        MESSAGES_PUBLISHED,
+        "Publications acknowledged by the broker and answered with success."
+    );
+    describe_counter!(
+        PUBLISH_FAILURES,
+        "Publications the broker did not acknowledge (answered with an error)."
+    );
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Publication pushes handed to subscribers' send queues."
+    );
+    describe_histogram!(
+        PUBLISH_TO_DELIVER,
+        Unit::Seconds,
+        "Time from record creation to fan-out on this instance."
+    );
+    describe_histogram!(
+        KAFKA_PRODUCE,
+        Unit::Seconds,
+        "Time from enqueueing a publication to its broker delivery report."
+    );
+    describe_counter!(
+        SEND_QUEUE_DROPS,
+        "Pushes dropped because a subscriber's send queue was full."
+    );
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        "Connections closed because their send queue was full."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records between this instance's consumer position and the partitions' high watermarks."
+    );
+    describe_counter!(RECORDS_CONSUMED, "Records read from the room topic.");
+    describe_counter!(
+        BAD_RECORDS,
+        "Records that could not be decoded and were skipped."
+    );
+    describe_counter!(
+        REJECTED_CONNECTIONS,
+        "Upgrade requests refused (connection cap or origin)."
+    );
+}
