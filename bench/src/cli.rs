@@ -1,0 +1,282 @@
+//! Command-line arguments.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Measures what Confab users feel: publish-to-deliver latency, fan-out,
+/// connection cost and persistence lag, over the same WebSocket protocol and
+/// REST API as any client. Every run stops by itself after `--duration`.
+#[derive(Debug, Parser)]
+#[command(name = "confab-bench", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Options every scenario shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// The REST API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "CONFAB_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api: String,
+    /// The gateway's WebSocket URL.
+    #[arg(
+        long,
+        global = true,
+        env = "CONFAB_WS_URL",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
+    pub ws: String,
+    /// The HS256 secret: when given, subscription tokens are minted locally
+    /// (two-hour lifetime) instead of asked from the API per room.
+    #[arg(long, global = true, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Where to write the JSON results; the SVG plot goes beside it.
+    /// Default: bench-results/<scenario>-<UTC time>.json.
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
+    /// Users to register (connections share them); 0 picks one per room, at most 20.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub users: usize,
+    /// Source addresses to connect from (repeatable). Default: 127.0.0.1, .2, ...
+    /// one per 25,000 connections when the gateway is on loopback.
+    #[arg(long = "source-addr", global = true)]
+    pub source_addrs: Vec<IpAddr>,
+    /// Force this many 127.0.0.x source addresses (0: automatic).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub source_ips: usize,
+    /// Connections being opened at once.
+    #[arg(long, global = true, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// New connections per second (0: as fast as the concurrency allows).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// Timeout for one connection's open, connect and subscribe.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "20s")]
+    pub connect_timeout: Duration,
+    /// The gateway's pid, for memory figures (default: .dev/pids/gateway.pid).
+    #[arg(long, global = true)]
+    pub gateway_pid: Option<u32>,
+    /// No progress bar.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+/// Traffic options shared by `latency` and `fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct Traffic {
+    /// How long publishers run.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Publications sent in this first part of the run are delivered and
+    /// counted but left out of the latency histograms.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub warmup: Duration,
+    /// How long to wait for outstanding deliveries after publishing stops.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+    /// Bytes of padding in each message's text.
+    #[arg(long, default_value_t = 0)]
+    pub size: usize,
+    /// Most publishes in flight per publisher before sends are skipped.
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// N connections over R rooms, P publishers per room, a set aggregate rate:
+    /// publish-to-deliver and publish-to-ack latency.
+    Latency {
+        /// Connections in total (publishers included).
+        #[arg(long, short = 'n', default_value_t = 10_000)]
+        connections: usize,
+        /// Rooms; connections are spread evenly.
+        #[arg(long, short = 'r', default_value_t = 100)]
+        rooms: usize,
+        /// Publishing connections per room.
+        #[arg(long, short = 'p', default_value_t = 1)]
+        publishers: usize,
+        /// Aggregate messages per second over all publishers.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[command(flatten)]
+        traffic: Traffic,
+    },
+    /// One room with N subscribers: deliveries per second and latency.
+    Fanout {
+        /// Subscribing connections (publishers included).
+        #[arg(long, short = 'n', default_value_t = 5_000)]
+        subscribers: usize,
+        /// Publishing connections.
+        #[arg(long, short = 'p', default_value_t = 1)]
+        publishers: usize,
+        /// Aggregate messages per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[command(flatten)]
+        traffic: Traffic,
+    },
+    /// Ramp to N idle connections: connect rate and gateway memory per connection.
+    Connections {
+        #[arg(long, short = 'n', default_value_t = 10_000)]
+        connections: usize,
+        /// Rooms to subscribe the connections to (0: connect without subscribing).
+        #[arg(long, short = 'r', default_value_t = 100)]
+        rooms: usize,
+        /// Wait after the ramp before the "after" memory sample.
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        settle: Duration,
+        /// Keep the connections open this long after the sample (pings keep flowing).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        hold: Duration,
+    },
+    /// Lag from publish until the message is visible in REST history.
+    Persist {
+        /// Messages per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// How long to publish.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        duration: Duration,
+        /// REST polling interval.
+        #[arg(long, value_parser = parse_duration, default_value = "20ms")]
+        poll: Duration,
+        /// How long to keep polling for stragglers after publishing stops.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        drain: Duration,
+    },
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Latency { .. } => "latency",
+            Self::Fanout { .. } => "fanout",
+            Self::Connections { .. } => "connections",
+            Self::Persist { .. } => "persist",
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with ms, s, m or h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?}")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn latency_args_parse_with_globals_anywhere() {
+        let cli = Cli::try_parse_from([
+            "confab-bench",
+            "--api",
+            "http://127.0.0.1:9999",
+            "latency",
+            "-n",
+            "2000",
+            "--rooms",
+            "10",
+            "--rate",
+            "500",
+            "--duration",
+            "10s",
+            "--jwt-secret",
+            "s3cret",
+            "--source-addr",
+            "127.0.0.2",
+            "--source-addr",
+            "127.0.0.3",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.api, "http://127.0.0.1:9999");
+        assert_eq!(cli.common.jwt_secret.as_deref(), Some("s3cret"));
+        assert_eq!(cli.common.source_addrs.len(), 2);
+        match cli.scenario {
+            Scenario::Latency {
+                connections,
+                rooms,
+                publishers,
+                rate,
+                traffic,
+            } => {
+                assert_eq!((connections, rooms, publishers), (2000, 10, 1));
+                assert_eq!(rate, 500.0);
+                assert_eq!(traffic.duration, Duration::from_secs(10));
+                assert_eq!(traffic.warmup, Duration::from_secs(3));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_scenarios_parse() {
+        let c = Cli::try_parse_from(["b", "connections", "-n", "50000", "--rooms", "0"]).unwrap();
+        assert!(matches!(
+            c.scenario,
+            Scenario::Connections {
+                connections: 50000,
+                rooms: 0,
+                ..
+            }
+        ));
+        assert_eq!(c.scenario.name(), "connections");
+        let c = Cli::try_parse_from(["b", "persist", "--poll", "50ms"]).unwrap();
+        assert!(
+            matches!(c.scenario, Scenario::Persist { poll, .. } if poll == Duration::from_millis(50))
+        );
+        let c = Cli::try_parse_from(["b", "fanout", "-n", "300", "--gateway-pid", "42"]).unwrap();
+        assert_eq!(c.common.gateway_pid, Some(42));
+        assert!(Cli::try_parse_from(["b", "latency", "--rate", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["b"]).is_err());
+    }
+}

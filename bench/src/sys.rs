@@ -1,0 +1,189 @@
+//! Process plumbing: the fd limit, resident memory from `/proc`, the
+//! gateway's pid and source addresses for many connections.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Connections per source address before another 127.0.0.x is used; the
+/// default ephemeral port range (32768–60999) holds about 28,000.
+pub const CONNS_PER_SOURCE: usize = 25_000;
+
+/// Raises `RLIMIT_NOFILE` so that `want` descriptors fit: the soft limit to
+/// the hard one, and the hard one too when allowed (root). Returns the new
+/// (soft, hard).
+pub fn raise_nofile(want: u64) -> anyhow::Result<(u64, u64)> {
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    if hard < want {
+        let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(hard);
+        let target = want.min(cap).max(hard);
+        if rlimit::Resource::NOFILE.set(target, target).is_ok() {
+            return Ok((target, target));
+        }
+    }
+    if soft < hard {
+        rlimit::Resource::NOFILE.set(hard, hard)?;
+    }
+    Ok(rlimit::Resource::NOFILE.get()?)
+}
+
+/// A `kB` field (`VmRSS`, `VmHWM`) of a `/proc/<pid>/status` text.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The resident set of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&s, "VmRSS")
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text; `None` for unlimited.
+pub fn limits_nofile(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The gateway process's soft fd limit.
+pub fn process_nofile(pid: u32) -> Option<u64> {
+    limits_nofile(&std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?)
+}
+
+/// Where `ops/dev` leaves the gateway's pid, relative to the repository root.
+pub const GATEWAY_PID_FILE: &str = ".dev/pids/gateway.pid";
+
+/// The gateway pid: given, or read from `.dev/pids/gateway.pid` in the current
+/// directory or in this repository's checkout.
+pub fn gateway_pid(given: Option<u32>, file: Option<&Path>) -> anyhow::Result<u32> {
+    if let Some(pid) = given {
+        return Ok(pid);
+    }
+    let candidates: Vec<PathBuf> = match file {
+        Some(f) => vec![f.to_owned()],
+        None => vec![
+            PathBuf::from(GATEWAY_PID_FILE),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(GATEWAY_PID_FILE),
+        ],
+    };
+    for c in &candidates {
+        if let Ok(s) = std::fs::read_to_string(c) {
+            return s
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: not a pid", c.display()));
+        }
+    }
+    anyhow::bail!(
+        "no gateway pid: pass --gateway-pid or run the stack with ops/dev (looked in {})",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The source addresses for `conns` connections to `target`: none (let the
+/// kernel choose) when one address is enough, else 127.0.0.1, .2, ... for a
+/// loopback target. `explicit` overrides; `count` > 0 forces a number.
+pub fn source_addrs(
+    conns: usize,
+    target: IpAddr,
+    explicit: &[IpAddr],
+    count: usize,
+) -> anyhow::Result<Vec<IpAddr>> {
+    if !explicit.is_empty() {
+        return Ok(explicit.to_vec());
+    }
+    let n = if count > 0 {
+        count
+    } else {
+        conns.div_ceil(CONNS_PER_SOURCE)
+    };
+    if n <= 1 && count == 0 {
+        return Ok(Vec::new());
+    }
+    anyhow::ensure!(
+        target.is_loopback(),
+        "{conns} connections need {n} source addresses; pass --source-addr for non-loopback target {target}"
+    );
+    anyhow::ensure!(n <= 254, "at most 254 source addresses");
+    Ok((1..=n as u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_fields() {
+        let s = "Name:\tconfab-gateway\nVmPeak:\t  900 kB\nVmHWM:\t   5000 kB\nVmRSS:\t   4321 kB\nThreads:\t3\n";
+        assert_eq!(status_kib(s, "VmRSS"), Some(4321));
+        assert_eq!(status_kib(s, "VmHWM"), Some(5000));
+        assert_eq!(status_kib(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn parses_limits() {
+        let l = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                 Max cpu time              unlimited            unlimited            seconds   \n\
+                 Max open files            20000                20000                files     \n";
+        assert_eq!(limits_nofile(l), Some(20000));
+        assert_eq!(
+            limits_nofile("Max open files  unlimited unlimited files"),
+            None
+        );
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        let kib = rss_kib(std::process::id()).unwrap();
+        assert!(kib > 100, "{kib}");
+    }
+
+    #[test]
+    fn source_addresses_spread_beyond_one_port_range() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(source_addrs(10_000, lo, &[], 0).unwrap().is_empty());
+        let s = source_addrs(50_000, lo, &[], 0).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1], "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(source_addrs(10, lo, &[], 3).unwrap().len(), 3);
+        let explicit: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(
+            source_addrs(60_000, lo, &[explicit], 0).unwrap(),
+            vec![explicit]
+        );
+        let remote: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(source_addrs(60_000, remote, &[], 0).is_err());
+    }
+
+    #[test]
+    fn gateway_pid_prefers_the_given_one() {
+        assert_eq!(gateway_pid(Some(7), None).unwrap(), 7);
+        let dir = std::env::temp_dir().join(format!("bench-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("gateway.pid");
+        std::fs::write(&f, "1234\n").unwrap();
+        assert_eq!(gateway_pid(None, Some(&f)).unwrap(), 1234);
+        std::fs::write(&f, "nope").unwrap();
+        assert!(gateway_pid(None, Some(&f)).is_err());
+        assert!(gateway_pid(None, Some(&dir.join("missing"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
