@@ -1,0 +1,337 @@
+//! Turning Kafka records into rows, and rows into one columnar batch.
+
+use std::collections::BTreeMap;
+
+use confab_common::record::RoomRecord;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One record read from the topic, ready to store.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) body: Body,
+}
+
+/// What a record becomes in the database.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    /// A row of `messages`.
+    Row(Row),
+    /// A row of `dead_letters`.
+    Dead(DeadLetter),
+}
+
+/// A good record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row {
+    pub(crate) room_id: Uuid,
+    pub(crate) id: Uuid,
+    pub(crate) kind: &'static str,
+    pub(crate) user_id: Uuid,
+    pub(crate) username: String,
+    /// The data exactly as the record carried it.
+    pub(crate) data: String,
+    pub(crate) created_at: OffsetDateTime,
+    /// The producer's clock, for the publish-to-persist latency.
+    pub(crate) ts_ms: i64,
+}
+
+/// A record that cannot be stored as a message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeadLetter {
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Option<Vec<u8>>,
+    pub(crate) error: String,
+}
+
+/// Reads one Kafka record.
+///
+/// A record is poison, and goes to `dead_letters`, when it has no payload or
+/// no key, does not decode as a [`RoomRecord`] of a known version, has a
+/// timestamp out of range, or has a key other than its room id. The last
+/// check matters: `messages` is keyed by `(room_id, stream_offset)`, which is
+/// unique only because a room's records all share one partition; a record
+/// keyed otherwise may sit in another partition and collide with a real one.
+pub(crate) fn decode(
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Entry {
+    let body = match decode_body(key, payload) {
+        Ok(row) => Body::Row(row),
+        Err(error) => Body::Dead(DeadLetter {
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            error: clean_text(&error),
+        }),
+    };
+    Entry {
+        partition,
+        offset,
+        body,
+    }
+}
+
+fn decode_body(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Row, String> {
+    let payload = payload.ok_or("record has no payload")?;
+    let record = RoomRecord::decode(payload).map_err(|e| e.to_string())?;
+    let key = key.ok_or("record has no key")?;
+    if key != record.room_id.to_string().as_bytes() {
+        return Err(format!(
+            "record key {:?} is not its room id {}",
+            String::from_utf8_lossy(key),
+            record.room_id
+        ));
+    }
+    let created_at =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.ts_ms) * 1_000_000)
+            .map_err(|e| format!("ts_ms {} is out of range: {e}", record.ts_ms))?;
+    Ok(Row {
+        room_id: record.room_id,
+        id: record.id,
+        kind: record.kind.as_str(),
+        user_id: record.user.id,
+        username: record.user.username,
+        data: Box::<str>::from(record.data).into_string(),
+        created_at,
+        ts_ms: record.ts_ms,
+    })
+}
+
+/// `text` without NUL characters, which PostgreSQL's text type refuses.
+pub(crate) fn clean_text(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
+/// A closed batch in the column layout the insert statement takes.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) rows: Rows,
+    pub(crate) dead: DeadRows,
+    /// Per partition, the offset to commit once this batch is stored: one
+    /// past its last record.
+    pub(crate) next_offsets: BTreeMap<i32, i64>,
+    /// The producers' timestamps of the good records.
+    pub(crate) ts_ms: Vec<i64>,
+}
+
+/// Columns of `messages`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Rows {
+    pub(crate) room_id: Vec<Uuid>,
+    pub(crate) stream_offset: Vec<i64>,
+    pub(crate) id: Vec<Uuid>,
+    pub(crate) kind: Vec<&'static str>,
+    pub(crate) user_id: Vec<Uuid>,
+    pub(crate) username: Vec<String>,
+    pub(crate) data: Vec<String>,
+    pub(crate) created_at: Vec<OffsetDateTime>,
+    pub(crate) partition: Vec<i32>,
+}
+
+impl Rows {
+    pub(crate) fn len(&self) -> usize {
+        self.room_id.len()
+    }
+
+    fn push(&mut self, partition: i32, offset: i64, row: Row) {
+        self.room_id.push(row.room_id);
+        self.stream_offset.push(offset);
+        self.id.push(row.id);
+        self.kind.push(row.kind);
+        self.user_id.push(row.user_id);
+        self.username.push(row.username);
+        self.data.push(row.data);
+        self.created_at.push(row.created_at);
+        self.partition.push(partition);
+    }
+
+    /// Row `i` alone, to find which row the database refuses.
+    pub(crate) fn single(&self, i: usize) -> Rows {
+        Rows {
+            room_id: vec![self.room_id[i]],
+            stream_offset: vec![self.stream_offset[i]],
+            id: vec![self.id[i]],
+            kind: vec![self.kind[i]],
+            user_id: vec![self.user_id[i]],
+            username: vec![self.username[i].clone()],
+            data: vec![self.data[i].clone()],
+            created_at: vec![self.created_at[i]],
+            partition: vec![self.partition[i]],
+        }
+    }
+}
+
+/// Columns of `dead_letters` (the topic is a statement parameter).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DeadRows {
+    pub(crate) partition: Vec<i32>,
+    pub(crate) offset: Vec<i64>,
+    pub(crate) key: Vec<Option<Vec<u8>>>,
+    pub(crate) payload: Vec<Option<Vec<u8>>>,
+    pub(crate) error: Vec<String>,
+}
+
+impl DeadRows {
+    pub(crate) fn len(&self) -> usize {
+        self.partition.len()
+    }
+
+    pub(crate) fn push(&mut self, partition: i32, offset: i64, dead: DeadLetter) {
+        self.partition.push(partition);
+        self.offset.push(offset);
+        self.key.push(dead.key);
+        self.payload.push(dead.payload);
+        self.error.push(dead.error);
+    }
+}
+
+impl Batch {
+    /// Builds a batch. Rows are sorted by their key so that two writers whose
+    /// batches overlap (during a rebalance) take row locks in the same order
+    /// and cannot deadlock.
+    pub(crate) fn build(entries: impl IntoIterator<Item = Entry>) -> Batch {
+        let mut batch = Batch::default();
+        let mut rows = Vec::new();
+        for entry in entries {
+            let next = batch.next_offsets.entry(entry.partition).or_insert(0);
+            *next = (*next).max(entry.offset + 1);
+            match entry.body {
+                Body::Row(row) => rows.push((entry.partition, entry.offset, row)),
+                Body::Dead(dead) => batch.dead.push(entry.partition, entry.offset, dead),
+            }
+        }
+        rows.sort_by_key(|(_, offset, row)| (row.room_id, *offset));
+        batch.ts_ms.reserve(rows.len());
+        for (partition, offset, row) in rows {
+            batch.ts_ms.push(row.ts_ms);
+            batch.rows.push(partition, offset, row);
+        }
+        batch
+    }
+
+    /// The number of records in the batch, good and poison.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len() + self.dead.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_common::record::UserRef;
+    use serde_json::value::RawValue;
+
+    fn record(room: Uuid, data: &str) -> RoomRecord {
+        RoomRecord::message(
+            room,
+            UserRef {
+                id: Uuid::new_v4(),
+                username: "ann".into(),
+            },
+            RawValue::from_string(data.into()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn good_record_keeps_data_bytes_and_fields() {
+        let room = Uuid::new_v4();
+        let rec = record(room, r#"{"text" : "hi  ✓", "n":1.50}"#);
+        let e = decode(3, 42, Some(rec.key().as_bytes()), Some(&rec.encode()));
+        assert_eq!((e.partition, e.offset), (3, 42));
+        let Body::Row(row) = e.body else {
+            panic!("expected a row: {e:?}")
+        };
+        assert_eq!(row.data, r#"{"text" : "hi  ✓", "n":1.50}"#);
+        assert_eq!(row.room_id, room);
+        assert_eq!(row.id, rec.id);
+        assert_eq!(row.user_id, rec.user.id);
+        assert_eq!(row.username, "ann");
+        assert_eq!(row.kind, "message");
+        assert_eq!(
+            row.created_at.unix_timestamp_nanos(),
+            i128::from(rec.ts_ms) * 1_000_000
+        );
+    }
+
+    #[test]
+    fn poison_records_become_dead_letters() {
+        let room = Uuid::new_v4();
+        let rec = record(room, "{}");
+        let mut wrong_version: serde_json::Value = serde_json::from_slice(&rec.encode()).unwrap();
+        wrong_version["v"] = 9.into();
+        let wrong_version = wrong_version.to_string();
+        let mut far_future: serde_json::Value = serde_json::from_slice(&rec.encode()).unwrap();
+        far_future["ts_ms"] = i64::MAX.into();
+        let far_future = far_future.to_string();
+        let key = rec.key();
+        let other_key = Uuid::new_v4().to_string();
+        let encoded = rec.encode();
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
+        let cases: Vec<Case<'_>> = vec![
+            (Some(key.as_bytes()), Some(b"not json"), "not valid JSON"),
+            (Some(key.as_bytes()), None, "no payload"),
+            (None, Some(&encoded), "no key"),
+            (
+                Some(other_key.as_bytes()),
+                Some(&encoded),
+                "is not its room id",
+            ),
+            (
+                Some(key.as_bytes()),
+                Some(wrong_version.as_bytes()),
+                "version 9",
+            ),
+            (
+                Some(key.as_bytes()),
+                Some(far_future.as_bytes()),
+                "out of range",
+            ),
+        ];
+        for (k, p, why) in cases {
+            let e = decode(0, 7, k, p);
+            let Body::Dead(dead) = e.body else {
+                panic!("expected a dead letter for {why}")
+            };
+            assert!(dead.error.contains(why), "{} vs {why}", dead.error);
+            assert_eq!(dead.key.as_deref(), k);
+            assert_eq!(dead.payload.as_deref(), p);
+        }
+    }
+
+    #[test]
+    fn batch_tracks_next_offsets_and_sorts_rows() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let entry = |p, o, room| {
+            let rec = record(room, "{}");
+            decode(p, o, Some(rec.key().as_bytes()), Some(&rec.encode()))
+        };
+        let batch = Batch::build(vec![
+            entry(0, 10, b),
+            entry(1, 5, a),
+            decode(0, 11, None, Some(b"x")),
+            entry(0, 12, a),
+            entry(1, 6, a),
+        ]);
+        assert_eq!(batch.len(), 5);
+        assert_eq!(batch.rows.len(), 4);
+        assert_eq!(batch.dead.len(), 1);
+        assert_eq!(batch.dead.offset, vec![11]);
+        assert_eq!(batch.next_offsets, BTreeMap::from([(0, 13), (1, 7)]));
+        let keys: Vec<_> = batch
+            .rows
+            .room_id
+            .iter()
+            .zip(&batch.rows.stream_offset)
+            .map(|(r, o)| (*r, *o))
+            .collect();
+        assert_eq!(keys, vec![(a, 5), (a, 6), (a, 12), (b, 10)]);
+        assert_eq!(batch.rows.partition, vec![1, 1, 0, 0]);
+        let one = batch.rows.single(2);
+        assert_eq!(one.stream_offset, vec![12]);
+        assert_eq!(one.len(), 1);
+    }
+}

@@ -1,0 +1,620 @@
+//! The consumer loop, the writer task and the offsets they share.
+//!
+//! # How records flow
+//!
+//! The consumer loop reads records and queues them in `pending`. A batch
+//! closes at `batch_size` records or once its oldest record has waited
+//! `batch_time`; it goes through a channel of capacity one to the writer task,
+//! so at most two batches are ahead of the loop: one being written and one
+//! waiting. The writer stores a batch (retrying with backoff until it
+//! succeeds), then records, per partition, the offset one past the batch's
+//! last record as *stored*. The loop commits stored offsets to Kafka. Offsets
+//! are never committed before the rows are in PostgreSQL, and the writer
+//! stores batches in the order they were read, so a committed offset never
+//! passes a record that is not stored.
+//!
+//! # Backpressure and database outages
+//!
+//! When `pending` reaches four batches (the writer is slow or PostgreSQL is
+//! down) the loop pauses every assigned partition but keeps calling `recv()`,
+//! so that the consumer stays in the group and serves rebalances. It resumes
+//! once `pending` is down to one batch. librdkafka resumes fetching after the
+//! last record it handed out, so nothing is skipped.
+//!
+//! # Rebalances (eager protocol)
+//!
+//! When partitions are revoked, librdkafka calls `pre_rebalance` inside
+//! `recv()`. There the persister synchronously commits the stored offsets of
+//! the revoked partitions, then forgets them. Records of those partitions that
+//! are not yet stored are not committed by this instance afterwards: records
+//! still in `pending` are dropped, and a batch already handed to the writer is
+//! stored but its offsets are not committed (commits only cover assigned
+//! partitions). The new owner starts at the committed offset and reads those
+//! records again; storing a record twice is a no-op thanks to the key
+//! `(room_id, stream_offset)`, so the table has neither gaps nor duplicates.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, Batch, Body, Entry};
+use crate::config::{Config, Crash};
+use crate::metrics::{self as m, kind};
+use crate::store::{self, Store};
+use crate::PersisterError;
+
+/// How often the writer checks the database while it has nothing to write.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the loop retries commits that failed.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Offsets per partition, shared by the loop, the writer and the rebalance
+/// callbacks.
+#[derive(Debug, Default)]
+struct Offsets {
+    /// Partitions this instance owns now.
+    assigned: BTreeSet<i32>,
+    /// The offset one past the last stored record, per partition.
+    stored: BTreeMap<i32, i64>,
+    /// The offset last committed by this instance, per partition.
+    committed: BTreeMap<i32, i64>,
+    /// Partitions revoked since the loop last looked, whose pending records
+    /// must be dropped.
+    revoked: BTreeSet<i32>,
+    /// A rebalance happened since the loop last looked.
+    rebalanced: bool,
+}
+
+/// State shared by the parts of one persister instance.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    topic: String,
+    offsets: Mutex<Offsets>,
+    /// Woken when the writer has stored a batch or a commit failed, so that
+    /// the loop commits.
+    commit_wanted: Notify,
+    db_up: AtomicBool,
+    persisted: AtomicU64,
+    poison: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(topic: String) -> Self {
+        Self {
+            topic,
+            offsets: Mutex::default(),
+            commit_wanted: Notify::new(),
+            db_up: AtomicBool::new(false),
+            persisted: AtomicU64::new(0),
+            poison: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        }
+    }
+
+    fn offsets(&self) -> std::sync::MutexGuard<'_, Offsets> {
+        self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn db_up(&self) -> bool {
+        self.db_up.load(Ordering::Relaxed)
+    }
+
+    fn set_db_up(&self, up: bool) {
+        let was = self.db_up.swap(up, Ordering::Relaxed);
+        gauge!(m::DATABASE_UP).set(if up { 1.0 } else { 0.0 });
+        if was != up {
+            if up {
+                tracing::info!("database is up");
+            } else {
+                tracing::warn!("database is down");
+            }
+        }
+    }
+
+    pub(crate) fn persisted(&self) -> u64 {
+        self.persisted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn poison(&self) -> u64 {
+        self.poison.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn assigned(&self) -> Vec<i32> {
+        self.offsets().assigned.iter().copied().collect()
+    }
+
+    fn mark_stored(&self, next_offsets: &BTreeMap<i32, i64>) {
+        let mut o = self.offsets();
+        for (&p, &next) in next_offsets {
+            let stored = o.stored.entry(p).or_insert(next);
+            *stored = (*stored).max(next);
+        }
+        drop(o);
+        self.commit_wanted.notify_one();
+    }
+
+    /// Stored offsets of `partitions` not yet committed by this instance.
+    fn uncommitted(&self, partitions: Option<&[i32]>) -> Vec<(i32, i64)> {
+        let o = self.offsets();
+        o.stored
+            .iter()
+            .filter(|(p, _)| match partitions {
+                Some(ps) => ps.contains(p),
+                None => o.assigned.contains(p),
+            })
+            .filter(|(p, next)| o.committed.get(p).is_none_or(|c| c < next))
+            .map(|(&p, &next)| (p, next))
+            .collect()
+    }
+
+    fn mark_committed(&self, list: &[(i32, i64)]) {
+        let mut o = self.offsets();
+        for &(p, next) in list {
+            if o.assigned.contains(&p) {
+                o.committed.insert(p, next);
+            }
+        }
+    }
+
+    fn tpl(&self, list: &[(i32, i64)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::with_capacity(list.len());
+        for &(p, next) in list {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .expect("an absolute offset is valid");
+        }
+        tpl
+    }
+
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// Takes the partitions revoked since the last call, if a rebalance
+    /// happened.
+    fn take_rebalance(&self) -> Option<BTreeSet<i32>> {
+        let mut o = self.offsets();
+        if !o.rebalanced {
+            return None;
+        }
+        o.rebalanced = false;
+        Some(std::mem::take(&mut o.revoked))
+    }
+}
+
+/// Commits `list` and records it as committed. Returns false on error.
+fn commit<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    shared: &Shared,
+    list: &[(i32, i64)],
+    mode: CommitMode,
+) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    match consumer.commit(&shared.tpl(list), mode) {
+        Ok(()) => {
+            counter!(m::COMMITS).increment(1);
+            shared.mark_committed(list);
+            true
+        }
+        Err(err) => {
+            counter!(m::ERRORS, "kind" => kind::KAFKA_COMMIT).increment(1);
+            tracing::warn!(error = %err, offsets = ?list, "offset commit failed");
+            false
+        }
+    }
+}
+
+/// The librdkafka callbacks.
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        counter!(m::ERRORS, "kind" => kind::KAFKA_CLIENT).increment(1);
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts = self.shared.partitions(tpl);
+                // Commit what is stored for the partitions we are losing; the
+                // new owner starts from there.
+                let list = self.shared.uncommitted(Some(&parts));
+                let ok = commit(consumer, &self.shared, &list, CommitMode::Sync);
+                let mut o = self.shared.offsets();
+                for p in &parts {
+                    o.assigned.remove(p);
+                    o.stored.remove(p);
+                    o.committed.remove(p);
+                    o.revoked.insert(*p);
+                }
+                o.rebalanced = true;
+                drop(o);
+                tracing::info!(partitions = ?parts, committed = ?list, commit_ok = ok, "partitions revoked");
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(err) => {
+                counter!(m::ERRORS, "kind" => kind::KAFKA_CLIENT).increment(1);
+                tracing::warn!(error = %err, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = self.shared.partitions(tpl);
+            let mut o = self.shared.offsets();
+            for p in &parts {
+                o.assigned.insert(*p);
+                o.stored.remove(p);
+                o.committed.remove(p);
+            }
+            o.rebalanced = true;
+            drop(o);
+            tracing::info!(partitions = ?parts, "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(err) = result {
+            counter!(m::ERRORS, "kind" => kind::KAFKA_COMMIT).increment(1);
+            tracing::warn!(error = %err, "offset commit failed, will retry");
+            // Forget the failed commits so that the loop sends them again.
+            let mut o = self.shared.offsets();
+            for e in offsets.elements_for_topic(&self.shared.topic) {
+                if let Offset::Offset(off) = e.offset() {
+                    if o.committed.get(&e.partition()) == Some(&off) {
+                        o.committed.remove(&e.partition());
+                    }
+                }
+            }
+            drop(o);
+            self.shared.commit_wanted.notify_one();
+        }
+    }
+}
+
+pub(crate) type Kafka = StreamConsumer<Ctx>;
+
+/// Why the writer stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WriterExit {
+    /// Its channel closed: every batch it got is stored.
+    Done,
+    /// The crash test hook fired.
+    Crashed,
+}
+
+/// Stores batches in order, each until it succeeds.
+pub(crate) async fn write_batches(
+    mut store: Store,
+    mut batches: mpsc::Receiver<Batch>,
+    shared: Arc<Shared>,
+    retry_max: Duration,
+    crash: Option<Crash>,
+) -> WriterExit {
+    let mut db_commits = 0u64;
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            batch = batches.recv() => match batch {
+                Some(batch) => batch,
+                None => return WriterExit::Done,
+            },
+            _ = ping.tick() => {
+                let result = store.ping().await;
+                if let Err(err) = &result {
+                    counter!(m::ERRORS, "kind" => kind::DATABASE).increment(1);
+                    tracing::debug!(error = %err, "database ping failed");
+                }
+                shared.set_db_up(result.is_ok());
+                continue;
+            }
+        };
+        let (stored, took) = store::store_with_retry(&mut store, &batch, retry_max, |_| {
+            counter!(m::ERRORS, "kind" => kind::DATABASE).increment(1);
+            shared.set_db_up(false);
+        })
+        .await;
+        shared.set_db_up(true);
+        ping.reset();
+
+        db_commits += 1;
+        if let Some(crash) = crash {
+            if db_commits == crash.after {
+                tracing::error!(
+                    db_commits,
+                    "test hook: crashing after the database commit, before the offset commit"
+                );
+                if crash.abort {
+                    std::process::abort();
+                }
+                return WriterExit::Crashed;
+            }
+        }
+
+        let good = batch.rows.len() as u64;
+        histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        histogram!(m::INSERT_SECONDS).record(took.as_secs_f64());
+        counter!(m::PERSISTED).increment(good - stored.refused);
+        counter!(m::DUPLICATES).increment(good - stored.refused - stored.inserted);
+        if stored.refused > 0 {
+            counter!(m::POISON).increment(stored.refused);
+            shared.poison.fetch_add(stored.refused, Ordering::Relaxed);
+        }
+        let now = confab_common::record::now_ms();
+        let latency = histogram!(m::PUBLISH_TO_PERSIST);
+        for &ts in &batch.ts_ms {
+            latency.record((now - ts).max(0) as f64 / 1000.0);
+        }
+        shared
+            .persisted
+            .fetch_add(good - stored.refused, Ordering::Relaxed);
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            records = batch.len(),
+            inserted = stored.inserted,
+            ?took,
+            "batch stored"
+        );
+        shared.mark_stored(&batch.next_offsets);
+    }
+}
+
+/// Pauses or resumes every assigned partition.
+fn set_paused(consumer: &Kafka, paused: bool) {
+    let result = consumer.assignment().and_then(|tpl| {
+        if paused {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        }
+    });
+    match result {
+        Ok(()) => {
+            gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
+            tracing::info!(paused, "consumption paused or resumed");
+        }
+        Err(err) => {
+            counter!(m::ERRORS, "kind" => kind::PAUSE).increment(1);
+            tracing::warn!(error = %err, paused, "pausing or resuming partitions failed");
+        }
+    }
+}
+
+/// The consumer loop. Returns when `shutdown` is cancelled (after storing
+/// and committing what it read, within the grace period) or when the writer
+/// stops on its own.
+pub(crate) async fn consume(
+    consumer: Arc<Kafka>,
+    shared: Arc<Shared>,
+    config: &Config,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), PersisterError> {
+    let batch_size = config.batch_size;
+    let high_water = batch_size.saturating_mul(4);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
+    let mut writer: JoinHandle<WriterExit> = tokio::spawn(write_batches(
+        store,
+        batch_rx,
+        shared.clone(),
+        config.retry_max,
+        config.crash_after_db_commits,
+    ));
+    let mut pending: VecDeque<(Instant, Entry)> = VecDeque::new();
+    let mut paused = false;
+    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+    commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    loop {
+        if let Some(revoked) = shared.take_rebalance() {
+            if !revoked.is_empty() {
+                let before = pending.len();
+                pending.retain(|(_, e)| !revoked.contains(&e.partition));
+                tracing::debug!(
+                    dropped = before - pending.len(),
+                    "dropped unstored records of revoked partitions"
+                );
+            }
+            if paused {
+                // A new assignment starts unpaused.
+                set_paused(&consumer, true);
+            }
+        }
+        let ready = pending.len() >= batch_size
+            || pending
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() >= config.batch_time);
+        let deadline = pending.front().map(|(t, _)| *t + config.batch_time);
+
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            exit = &mut writer => {
+                return match exit {
+                    Ok(WriterExit::Crashed) => Err(PersisterError::InjectedCrash),
+                    Ok(WriterExit::Done) => Err(PersisterError::WriterStopped("channel closed".into())),
+                    Err(err) => Err(PersisterError::WriterStopped(err.to_string())),
+                };
+            }
+            () = shared.commit_wanted.notified() => {
+                commit(&*consumer, &shared, &shared.uncommitted(None), CommitMode::Async);
+            }
+            permit = batch_tx.reserve(), if ready => {
+                let Ok(permit) = permit else {
+                    return Err(PersisterError::WriterStopped("channel closed".into()));
+                };
+                let n = pending.len().min(batch_size);
+                permit.send(Batch::build(pending.drain(..n).map(|(_, e)| e)));
+                if paused && pending.len() <= batch_size {
+                    set_paused(&consumer, false);
+                    paused = false;
+                }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if !ready && deadline.is_some() => {}
+            _ = commit_tick.tick() => {
+                commit(&*consumer, &shared, &shared.uncommitted(None), CommitMode::Async);
+            }
+            msg = consumer.recv() => match msg {
+                Ok(msg) => {
+                    // Callbacks run inside recv(): drop what a revoke made
+                    // stale before adding a record of the new assignment.
+                    if let Some(revoked) = shared.take_rebalance() {
+                        pending.retain(|(_, e)| !revoked.contains(&e.partition));
+                        if paused {
+                            set_paused(&consumer, true);
+                        }
+                    }
+                    let entry = batch::decode(msg.partition(), msg.offset(), msg.key(), msg.payload());
+                    if let Body::Dead(dead) = &entry.body {
+                        counter!(m::POISON).increment(1);
+                        shared.poison.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(partition = entry.partition, offset = entry.offset, error = %dead.error, "poison record, storing it as a dead letter");
+                    }
+                    pending.push_back((Instant::now(), entry));
+                    if !paused && pending.len() >= high_water {
+                        set_paused(&consumer, true);
+                        paused = true;
+                    }
+                }
+                Err(err) => {
+                    counter!(m::ERRORS, "kind" => kind::KAFKA_RECEIVE).increment(1);
+                    tracing::warn!(error = %err, "kafka receive failed, carrying on");
+                }
+            },
+        }
+    }
+
+    // Shutdown: read nothing more, store what was read, commit, leave.
+    tracing::info!(
+        pending = pending.len(),
+        "stopping: storing what was read and committing"
+    );
+    if let Some(revoked) = shared.take_rebalance() {
+        pending.retain(|(_, e)| !revoked.contains(&e.partition));
+    }
+    let drain = async {
+        while !pending.is_empty() {
+            let n = pending.len().min(batch_size);
+            let batch = Batch::build(pending.drain(..n).map(|(_, e)| e));
+            if batch_tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+        drop(batch_tx);
+        (&mut writer).await
+    };
+    let crashed = match tokio::time::timeout(config.shutdown_grace, drain).await {
+        Ok(Ok(exit)) => exit == WriterExit::Crashed,
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "writer task failed");
+            false
+        }
+        Err(_) => {
+            writer.abort();
+            tracing::warn!(grace = ?config.shutdown_grace, "grace period over: records not yet stored will be read again by the next owner");
+            false
+        }
+    };
+    if crashed {
+        return Err(PersisterError::InjectedCrash);
+    }
+    commit(
+        &*consumer,
+        &shared,
+        &shared.uncommitted(None),
+        CommitMode::Sync,
+    );
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Measures consumer lag per assigned partition every `every`, until
+/// `shutdown`.
+pub(crate) async fn measure_lag(
+    consumer: Arc<Kafka>,
+    shared: Arc<Shared>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reported: BTreeSet<i32> = BTreeSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let parts = shared.assigned();
+        let (c, topic) = (consumer.clone(), shared.topic.clone());
+        let lags = tokio::task::spawn_blocking(move || lag_of(&c, &topic, &parts)).await;
+        match lags {
+            Ok(Ok(lags)) => {
+                let now: BTreeSet<i32> = lags.iter().map(|(p, _)| *p).collect();
+                for p in reported.difference(&now) {
+                    gauge!(m::LAG, "partition" => p.to_string()).set(0.0);
+                }
+                for (p, lag) in lags {
+                    gauge!(m::LAG, "partition" => p.to_string()).set(lag as f64);
+                }
+                reported = now;
+            }
+            Ok(Err(err)) => {
+                counter!(m::ERRORS, "kind" => kind::LAG).increment(1);
+                tracing::debug!(error = %err, "measuring consumer lag failed");
+            }
+            Err(err) => tracing::warn!(error = %err, "lag task failed"),
+        }
+    }
+}
+
+fn lag_of(consumer: &Kafka, topic: &str, parts: &[i32]) -> KafkaResult<Vec<(i32, i64)>> {
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let timeout = Duration::from_secs(2);
+    let mut tpl = TopicPartitionList::with_capacity(parts.len());
+    for &p in parts {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut lags = Vec::with_capacity(parts.len());
+    for &p in parts {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        lags.push((p, (high - done).max(0)));
+    }
+    Ok(lags)
+}
