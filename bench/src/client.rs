@@ -171,6 +171,8 @@ async fn await_reply(
             ws::Read::Text(b) => b,
             ws::Read::Closed => bail!("{what}: server closed the connection"),
         };
+        // Every line of the frame is handled (a ping may follow the reply).
+        let mut outcome = None;
         for line in proto::lines(&buf) {
             match proto::parse_line(line)? {
                 Incoming::Ping => {
@@ -180,13 +182,20 @@ async fn await_reply(
                         .write_frame(ws::text_frame(proto::PONG.to_vec()))
                         .await?
                 }
-                Incoming::Ok { id: got } if got == id => return Ok(()),
+                Incoming::Ok { id: got } if got == id => outcome = Some(Ok(())),
                 Incoming::Error { id: got, error } if got == id => {
-                    bail!("{what} error {}: {}", error.code, error.message)
+                    outcome = Some(Err(anyhow::anyhow!(
+                        "{what} error {}: {}",
+                        error.code,
+                        error.message
+                    )))
                 }
                 Incoming::Disconnect(d) => bail!("{what}: disconnect {} {}", d.code, d.reason),
                 _ => {}
             }
+        }
+        if let Some(outcome) = outcome {
+            return outcome;
         }
     }
 }
