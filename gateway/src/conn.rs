@@ -629,13 +629,36 @@ async fn close<W: AsyncWrite + Unpin>(wr: &mut WebSocketWrite<W>, code: u16, rea
     let _ = tokio::time::timeout(Duration::from_secs(2), wr.flush()).await;
 }
 
+/// The socket's read half, shared so that the session can take it back from
+/// the frame reader and drain it after sending a close frame. Closing a socket
+/// with unread input makes the kernel send RST, which can destroy the close
+/// frame before the client reads it.
+struct SharedRead<R>(Arc<std::sync::Mutex<R>>);
+
+impl<R: AsyncRead + Unpin> AsyncRead for SharedRead<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Pin::new(&mut *inner).poll_read(cx, buf)
+    }
+}
+
 /// Serves one upgraded socket until it closes.
 pub(crate) async fn run<S>(gw: Gateway, ws: WebSocket<S>, slot: SocketSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
-    let (mut rd, mut wr) = ws.split(tokio::io::split);
+    let (read, write_half) = tokio::io::split(ws.into_inner());
+    let read = Arc::new(std::sync::Mutex::new(read));
+    let (mut rd, mut wr) = fastwebsockets::after_handshake_split(
+        SharedRead(Arc::clone(&read)),
+        write_half,
+        fastwebsockets::Role::Server,
+    );
     rd.set_auto_close(false);
     rd.set_auto_pong(false);
     // fastwebsockets refuses frames whose length is >= this limit.
@@ -733,11 +756,22 @@ where
             break Some((d.code, d.reason));
         }
     };
+    s.cleanup();
     if let Some((code, reason)) = end {
         close(&mut wr, code, reason).await;
     }
     reader.abort();
-    s.cleanup();
+    let _ = reader.await;
+    if let Ok(read) = Arc::try_unwrap(read) {
+        // Read what the client still sends (its close echo) until it closes.
+        let read = read.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut limited = tokio::io::AsyncReadExt::take(read, 1 << 20);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::copy(&mut limited, &mut tokio::io::sink()),
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]
