@@ -2,7 +2,8 @@
 //!
 //! Visibility: a public room is visible to everyone; a private room only to
 //! its members and invitees. Every other caller gets 404 for it, as if it did
-//! not exist.
+//! not exist, from every route but join: joining applies the room's rules
+//! (`wrong_password`, `invite_required`) to anyone who has its id.
 //!
 //! Choices the contract leaves open:
 //! - Leaving a room one is not a member of is 409 `not_a_member` (404 if the
@@ -94,9 +95,8 @@ impl RoomRow {
     }
 }
 
-/// Loads a room as `user` sees it; `None` when it does not exist or is
-/// invisible to `user`.
-pub(crate) async fn load_visible<C: GenericClient>(
+/// Loads a room with `user`'s relation to it, visible or not.
+pub(crate) async fn load_room<C: GenericClient>(
     client: &C,
     room: Uuid,
     user: Uuid,
@@ -107,13 +107,19 @@ pub(crate) async fn load_visible<C: GenericClient>(
          WHERE r.id = $2"
     );
     let row = client.query_opt(&sql, &[&user, &room]).await?;
-    match row {
-        Some(row) => {
-            let room = RoomRow::from_row(&row)?;
-            Ok(room.visible().then_some(room))
-        }
-        None => Ok(None),
-    }
+    row.as_ref().map(RoomRow::from_row).transpose()
+}
+
+/// Loads a room as `user` sees it; `None` when it does not exist or is
+/// invisible to `user`.
+pub(crate) async fn load_visible<C: GenericClient>(
+    client: &C,
+    room: Uuid,
+    user: Uuid,
+) -> Result<Option<RoomRow>, ApiError> {
+    Ok(load_room(client, room, user)
+        .await?
+        .filter(RoomRow::visible))
 }
 
 /// Loads a room the caller must be a member of: 404 if invisible, 403 if
@@ -323,7 +329,7 @@ pub async fn get_room(
         (status = 200, description = "Member now (a `member_joined` record was acknowledged), or already", body = Room),
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
         (status = 403, description = "`wrong_password` or `invite_required`", body = ErrorBody),
-        (status = 404, description = "No such room, or invisible", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
         (status = 429, description = "Too many password attempts (`rate_limited`)", body = ErrorBody),
         (status = 503, description = "The broker did not acknowledge the event", body = ErrorBody),
     )
@@ -336,7 +342,10 @@ pub async fn join_room(
     OptionalJson(body): OptionalJson<JoinRoom>,
 ) -> Result<Json<Room>, ApiError> {
     let mut conn = state.db().await?;
-    let row = load_visible(&*conn, room, caller.id)
+    // Joining goes by the room's rules even when the room is invisible to the
+    // caller: knowing a password room's id and password is what admits, and
+    // an invite-only room answers `invite_required`.
+    let row = load_room(&*conn, room, caller.id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
     if row.is_member {
