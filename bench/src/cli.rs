@@ -19,7 +19,7 @@ pub struct Cli {
 }
 
 /// Options every scenario shares.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Common {
     /// The REST API base URL.
     #[arg(
@@ -40,6 +40,7 @@ pub struct Common {
     /// The HS256 secret: when given, subscription tokens are minted locally
     /// (two-hour lifetime) instead of asked from the API per room.
     #[arg(long, global = true, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    #[serde(skip)]
     pub jwt_secret: Option<String>,
     /// Where to write the JSON results; the SVG plot goes beside it.
     /// Default: bench-results/<scenario>-<UTC time>.json.
@@ -73,7 +74,7 @@ pub struct Common {
 }
 
 /// Traffic options shared by `latency` and `fanout`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Traffic {
     /// How long publishers run.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -93,7 +94,8 @@ pub struct Traffic {
     pub max_inflight: usize,
 }
 
-#[derive(Debug, Clone, Subcommand)]
+#[derive(Debug, Clone, Subcommand, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scenario {
     /// N connections over R rooms, P publishers per room, a set aggregate rate:
     /// publish-to-deliver and publish-to-ack latency.
@@ -169,6 +171,26 @@ impl Scenario {
     }
 }
 
+/// The command line with the value of `--jwt-secret` hidden.
+pub fn redacted_command(args: impl IntoIterator<Item = String>) -> String {
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("***".to_owned());
+            hide_next = false;
+        } else if a == "--jwt-secret" {
+            out.push(a);
+            hide_next = true;
+        } else if a.starts_with("--jwt-secret=") {
+            out.push("--jwt-secret=***".to_owned());
+        } else {
+            out.push(a);
+        }
+    }
+    out.join(" ")
+}
+
 /// Parses `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -207,6 +229,26 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_the_recorded_command() {
+        let args = [
+            "b",
+            "--jwt-secret",
+            "s3cret",
+            "latency",
+            "--jwt-secret=abc",
+            "-n",
+            "5",
+        ];
+        let c = redacted_command(args.map(String::from));
+        assert_eq!(c, "b --jwt-secret *** latency --jwt-secret=*** -n 5");
+        let cli = Cli::try_parse_from(args).unwrap();
+        let json = serde_json::to_string(&cli.common).unwrap();
+        assert!(!json.contains("abc") && !json.contains("s3cret"), "{json}");
+        let json = serde_json::to_value(&cli.scenario).unwrap();
+        assert_eq!(json["latency"]["connections"], 5);
     }
 
     #[test]

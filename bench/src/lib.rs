@@ -44,7 +44,7 @@ pub async fn run(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         command,
-        params: serde_json::to_value(format!("{:?}", cli.scenario)).unwrap_or_default(),
+        params: serde_json::json!({"scenario": &cli.scenario, "common": &cli.common}),
         ..Default::default()
     };
     let ctx = scenario::Ctx {

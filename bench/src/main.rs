@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     let cli = confab_bench::cli::Cli::parse();
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = confab_bench::cli::redacted_command(std::env::args());
     match confab_bench::sys::raise_nofile(1 << 20) {
         Ok((soft, _)) => {
             if soft < 70_000 {
