@@ -597,6 +597,11 @@ pub(crate) async fn measure_lag(
     }
 }
 
+/// Lag per partition: the end of the partition minus the group's committed
+/// offset. The end is the larger of the broker's high watermark and this
+/// consumer's position, because tansu answers ListOffsets(latest) with one
+/// past the *first* offset of the last record batch rather than one past its
+/// last record; the position corrects that once the consumer has caught up.
 fn lag_of(consumer: &Kafka, topic: &str, parts: &[i32]) -> KafkaResult<Vec<(i32, i64)>> {
     if parts.is_empty() {
         return Ok(Vec::new());
@@ -607,14 +612,19 @@ fn lag_of(consumer: &Kafka, topic: &str, parts: &[i32]) -> KafkaResult<Vec<(i32,
         tpl.add_partition(topic, p);
     }
     let committed = consumer.committed_offsets(tpl, timeout)?;
+    let position = consumer.position()?;
+    let offset_of =
+        |list: &TopicPartitionList, p: i32| match list.find_partition(topic, p).map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
     let mut lags = Vec::with_capacity(parts.len());
     for &p in parts {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => low,
-        };
-        lags.push((p, (high - done).max(0)));
+        let end = high.max(offset_of(&position, p).unwrap_or(high));
+        let done = offset_of(&committed, p).unwrap_or(low);
+        lags.push((p, (end - done).max(0)));
     }
     Ok(lags)
 }

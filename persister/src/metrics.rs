@@ -1,7 +1,7 @@
 //! The persister's metric names, each described once so `/metrics` has HELP
 //! lines for all of them.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Records per stored batch, good and poison.
 pub(crate) const BATCH_SIZE: &str = "confab_persister_batch_size";
@@ -40,10 +40,26 @@ pub(crate) mod kind {
     pub(crate) const LAG: &str = "lag";
     /// Pausing or resuming partitions failed.
     pub(crate) const PAUSE: &str = "pause";
+
+    pub(crate) const ALL: [&str; 6] = [
+        DATABASE,
+        KAFKA_RECEIVE,
+        KAFKA_COMMIT,
+        KAFKA_CLIENT,
+        LAG,
+        PAUSE,
+    ];
 }
 
-/// Describes every metric. Safe to call more than once.
+/// Describes every metric and sets the counters to zero, so that they are
+/// exported before the first event. Safe to call more than once.
 pub(crate) fn describe() {
+    for name in [PERSISTED, DUPLICATES, POISON, COMMITS] {
+        counter!(name).increment(0);
+    }
+    for k in kind::ALL {
+        counter!(ERRORS, "kind" => k).increment(0);
+    }
     describe_histogram!(BATCH_SIZE, Unit::Count, "Records per stored batch");
     describe_histogram!(
         INSERT_SECONDS,

@@ -40,10 +40,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum StoreError {
     #[error("connecting to PostgreSQL: {0}")]
     Connect(#[from] DbError),
-    #[error(transparent)]
+    #[error("{}", describe_pg(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// The server's message and SQLSTATE when there is one: tokio-postgres
+/// prints only "db error" for those.
+fn describe_pg(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => err.to_string(),
+    }
 }
 
 impl StoreError {
