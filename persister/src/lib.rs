@@ -12,6 +12,7 @@
 mod batch;
 mod config;
 mod consumer;
+mod gap;
 mod metrics;
 mod store;
 
@@ -111,17 +112,22 @@ impl Persister {
         shutdown: CancellationToken,
     ) -> Result<(), PersisterError> {
         let Self { config, shared } = self;
-        metrics::describe();
+        // Install the recorder first: descriptions sent before it are lost.
         let handle = confab_common::telemetry::metrics_handle();
+        metrics::describe();
         confab_common::telemetry::spawn_metrics_upkeep(handle.clone());
         confab_common::db::parse_url(&config.database_url)?;
 
         let mut kafka_config =
             confab_common::kafka::consumer_config(&config.kafka, Some(&config.group));
-        kafka_config.set(
-            "session.timeout.ms",
-            config.session_timeout.as_millis().to_string(),
-        );
+        kafka_config
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            // Statistics carry the exact high watermark per partition (see
+            // `gap`).
+            .set("statistics.interval.ms", "1000");
         let consumer: Kafka = kafka_config.create_with_context(Ctx {
             shared: shared.clone(),
         })?;
