@@ -298,5 +298,9 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await pageB.getByLabel('Password').press('Enter');
     await pageB.locator('.me-name', { hasText: userB }).waitFor({ state: 'attached' });
     await pageB.locator('.room-link', { hasText: `Invite only ${run}` }).waitFor();
+    await pageB.getByLabel('Filter rooms').fill(`only ${run}`);
+    await pageB.locator('.room-link', { hasText: roomName }).waitFor({ state: 'detached' });
+    assert.equal(await pageB.locator('.room-link').count(), 1, 'the filter should leave one room');
+    await shot(pageB, '13-filtered-rooms-B');
   });
 });

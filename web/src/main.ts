@@ -52,6 +52,7 @@ class App {
   private client: Centrifuge | null = null;
   private everConnected = false;
   private rooms: Room[] = [];
+  private roomFilter = '';
   private view: RoomView | null = null;
   /** The room id the current route points at (a view may still be loading). */
   private routeRoomId: string | null = null;
@@ -198,6 +199,7 @@ class App {
     }
     this.everConnected = false;
     this.rooms = [];
+    this.roomFilter = '';
     if (location.hash) history.replaceState(null, '', location.pathname + location.search);
     this.showAuth(notice);
   }
@@ -303,6 +305,17 @@ class App {
           this.createRoomForm(),
           this.joinByIdForm(),
           h('h3', { class: 'list-title' }, 'Your rooms and public rooms'),
+          h('input', {
+            type: 'search',
+            class: 'room-filter',
+            placeholder: 'Filter rooms',
+            'aria-label': 'Filter rooms',
+            autocomplete: 'off',
+            oninput: (e: Event) => {
+              this.roomFilter = (e.target as HTMLInputElement).value.trim().toLowerCase();
+              this.renderRooms();
+            },
+          }),
           this.roomList,
           this.roomListStatus,
         ),
@@ -333,10 +346,17 @@ class App {
 
   private renderRooms(): void {
     if (!this.roomList || !this.roomListStatus) return;
-    const rooms = [...this.rooms].sort(
+    const all = this.rooms.length;
+    const rooms = this.rooms
+      .filter((r) => !this.roomFilter || r.name.toLowerCase().includes(this.roomFilter))
+      .sort(
       (a, b) => Number(b.is_member) - Number(a.is_member) || a.name.localeCompare(b.name),
     );
-    this.roomListStatus.textContent = rooms.length ? '' : 'No rooms yet. Create one above.';
+    this.roomListStatus.textContent = rooms.length
+      ? ''
+      : all
+        ? 'No room matches the filter.'
+        : 'No rooms yet. Create one above.';
     replace(
       this.roomList,
       rooms.map((r) =>
