@@ -195,6 +195,7 @@ export function newClient(u, opts = {}) {
     minReconnectDelay: opts.minReconnectDelay ?? 200,
     maxReconnectDelay: opts.maxReconnectDelay ?? 2000,
     timeout: 10000,
+    ...(opts.maxServerPingDelay !== undefined ? { maxServerPingDelay: opts.maxServerPingDelay } : {}),
   });
   for (const ev of ['connecting', 'connected', 'disconnected', 'error']) {
     c.on(ev, (ctx) => state.events.push({ ev, ctx, at: Date.now() }));

@@ -75,6 +75,9 @@ test('1-3. connect and subscribe with getToken; publish and receive (publisher i
     });
     const offsets = got.map((p) => p.offset);
     assertStrictlyIncreasing(offsets, m.u.user.username);
+    // Every publication, membership events included, has a position: the SDKs treat an
+    // absent or 0 offset as "no position" (centrifuge-js hasOffset: Number(offset) > 0).
+    for (const p of m.rec.pubs) assert.ok(p.offset > 0, `publication without a positive offset: ${JSON.stringify(p)}`);
     offsetsBy.push(offsets);
   }
   assert.deepEqual(offsetsBy[0], offsetsBy[1], 'every subscriber sees the same offsets');
@@ -102,7 +105,7 @@ test('membership: a REST join and leave arrive as publications; a leaving user i
   await waitFor(() => os.pubs.some(isEvent('member_joined', joiner)), 10000, () => JSON.stringify(os.pubs));
   const joined = os.pubs.find(isEvent('member_joined', joiner));
   assert.deepEqual(joined.data, { type: 'member_joined', user: { id: joiner.user.id, username: joiner.user.username } });
-  assert.equal(typeof joined.offset, 'number');
+  assert.ok(joined.offset > 0, `member_joined has a positive offset: ${JSON.stringify(joined)}`);
 
   // The joiner subscribes, then leaves through REST: the gateway unsubscribes it.
   const jc = newClient(joiner);
@@ -180,6 +183,7 @@ test('history returns the published messages with their offsets and data', T, as
   assert.deepEqual(hist.map((p) => p.data), sent);
   assert.deepEqual(hist.map((p) => p.info?.user), [a.u.user.id, b.u.user.id, a.u.user.id]);
   assert.ok(h.offset >= live[2].offset, `history top offset ${h.offset} is at least the last publication's ${live[2].offset}`);
+  for (const p of h.publications) assert.ok(p.offset > 0, `history publication without a positive offset: ${JSON.stringify(p)}`);
   assertStrictlyIncreasing(h.publications.map((p) => p.offset), 'history');
 
   // since: only what came after a position.
@@ -403,4 +407,51 @@ test('6d. an expired subscription token gets 109; the SDK gets a new one and sub
   const first = allReplies(cl.frames, 'subscribe')[0];
   assert.equal(first.reply?.error?.code, 109, `first subscribe gets 109: ${JSON.stringify(first.reply)}`);
   assert.equal(rec.tokenCalls, 1);
+});
+
+// The gateway's grace after a token's exp before it closes an unrefreshed connection or
+// subscription (CONFAB_GATEWAY_EXPIRED_CLOSE_DELAY_SECS, 25 by default, as in Centrifugo).
+const EXPIRED_CLOSE_DELAY = Number(process.env.CONFAB_GATEWAY_EXPIRED_CLOSE_DELAY_SECS || 25);
+
+test('6e. server pings keep an idle connection up; unrefreshed tokens are enforced', { timeout: (EXPIRED_CLOSE_DELAY + 60) * 1000 }, async () => {
+  const u = await registerUser('jsidle');
+  const room = await createRoom(u);
+  const hang = () => new Promise(() => {});
+
+  // 1. An idle client with a long-lived token, strict about missing pings.
+  const idle = newClient(u, { maxServerPingDelay: 3000 });
+  await connect(idle);
+  const ping = replyTo(idle.frames, 'connect').reply.connect.ping;
+  assert.ok(ping > 0, 'connect reply announces a ping interval');
+
+  // 2. A connection whose 2-second token is never refreshed (getToken hangs after the first call).
+  let calls = 0;
+  const stale = newClient(u, { getToken: async () => (++calls === 1 ? mintAccess(u, 2) : hang()) });
+  await connect(stale);
+
+  // 3. A subscription whose 2-second token is never refreshed.
+  const subConn = newClient(u);
+  await connect(subConn);
+  let subCalls = 0;
+  const staleSub = newSub(subConn, u, room, { getToken: async () => (++subCalls === 1 ? mintSub(u, room.channel, 2) : hang()) });
+  await subscribe(subConn, staleSub);
+
+  const serverEnded = (cl) => cl.frames.some((f) => (f.dir === 'close') || (f.dir === 'in' && f.msg?.push?.disconnect));
+  const subEnded = () => subConn.frames.some((f) => f.dir === 'in' && f.msg?.push?.unsubscribe && f.msg.push.channel === room.channel) || serverEnded(subConn);
+  const deadline = Math.max(ping + 5, 2 + EXPIRED_CLOSE_DELAY + 8) * 1000;
+  await waitFor(() => serverEnded(stale) && subEnded(), deadline,
+    () => `stale connection ended: ${serverEnded(stale)}, stale subscription ended: ${subEnded()}\n--- stale\n${dumpFrames(stale.frames, 10)}\n--- sub\n${dumpFrames(subConn.frames, 10)}`);
+  const pingsLeft = ping * 1000 + 4000 - (Date.now() - idle.events.find((e) => e.ev === 'connected').at);
+  if (pingsLeft > 0) await sleep(pingsLeft);
+
+  const pings = idle.frames.filter((f) => f.dir === 'in' && f.msg && Object.keys(f.msg).length === 0);
+  assert.ok(pings.length >= 1, `at least one server ping in ${ping + 4} s:\n${dumpFrames(idle.frames, 10)}`);
+  if (replyTo(idle.frames, 'connect').reply.connect.pong) {
+    const pongs = idle.frames.filter((f) => f.dir === 'out' && f.msg && Object.keys(f.msg).length === 0);
+    assert.ok(pongs.length >= 1, 'the SDK answered the ping');
+  }
+  assert.equal(idle.sockets.length, 1, `the idle client never reconnected:\n${dumpFrames(idle.frames, 10)}`);
+  assert.equal(idle.c.state, 'connected');
+  const staleEnd = stale.frames.find((f) => f.dir === 'close' || f.msg?.push?.disconnect);
+  assert.ok(staleEnd.at - stale.events.find((e) => e.ev === 'connected').at >= 2000, 'not closed before the token expired');
 });

@@ -235,7 +235,8 @@ def replies(conn: Conn, kind: str) -> List[Dict[str, Any]]:
 OPEN: List[Client] = []
 
 
-def new_client(u: User, get_token: Optional[Callable] = None, token: str = "") -> Conn:
+def new_client(u: User, get_token: Optional[Callable] = None, token: str = "",
+               max_server_ping_delay: float = 10.0) -> Conn:
     rec = ClientRec()
     holder: Dict[str, Conn] = {}
 
@@ -248,6 +249,7 @@ def new_client(u: User, get_token: Optional[Callable] = None, token: str = "") -
     client = Client(
         ENV["CONFAB_WS_URL"], events=rec, token=token, get_token=fetch_token,
         timeout=10.0, min_reconnect_delay=0.2, max_reconnect_delay=2.0, proxy=None,
+        max_server_ping_delay=max_server_ping_delay,
     )
     conn = Conn(user=u, client=client, rec=rec)
     holder["c"] = conn

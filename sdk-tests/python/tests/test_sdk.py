@@ -8,6 +8,8 @@ history, invalid publish, subscribe without a valid token (103) and membership e
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import pytest
 
@@ -87,6 +89,8 @@ async def test_connect_subscribe_publish_receive():
             assert p.offset > 0
         offsets = [p.offset for p in got]
         assert_strictly_increasing(offsets, conn.user.username)
+        # Membership events included: the SDK treats offset 0 as "no position".
+        assert all(p.offset > 0 for p in rec.pubs), [(p.offset, p.data) for p in rec.pubs]
         offsets_by.append(offsets)
     assert offsets_by[0] == offsets_by[1], "every subscriber sees the same offsets"
 
@@ -119,6 +123,7 @@ async def test_membership_events_and_leave_unsubscribes():
     await wait_for(lambda: event("member_joined", joiner), 10, lambda: str(osub.pubs))
     joined = event("member_joined", joiner)[0]
     assert joined.data == {"type": "member_joined", "user": {"id": joiner.id, "username": joiner.username}}
+    assert joined.offset > 0, joined
 
     jc = new_client(joiner)
     await connect(jc)
@@ -181,6 +186,7 @@ async def test_history():
     assert [p.data for p in hist] == sent
     assert [p.info.user for p in hist] == [ca.user.id, cb.user.id, ca.user.id]
     assert h.offset >= live[2].offset
+    assert all(p.offset > 0 for p in h.publications), [(p.offset, p.data) for p in h.publications]
     assert_strictly_increasing([p.offset for p in h.publications], "history")
     since = await sb.sub.history(limit=100, since=StreamPosition(offset=live[0].offset, epoch=h.epoch))
     assert [p.offset for p in chat(since.publications)] == [live[1].offset, live[2].offset]
@@ -376,3 +382,70 @@ async def test_expired_subscription_token_gets_109_then_get_token():
     first = replies(conn, "subscribe")[0]["reply"]
     assert (first.get("error") or {}).get("code") == 109, first
     assert rec.token_calls == 1
+
+
+EXPIRED_CLOSE_DELAY = int(os.environ.get("CONFAB_GATEWAY_EXPIRED_CLOSE_DELAY_SECS", "25"))
+
+
+async def test_pings_keep_idle_connection_and_unrefreshed_tokens_are_enforced():
+    u = await register("pyidle")
+    room = await create_room(u)
+
+    async def hang(*_):
+        await asyncio.Event().wait()
+
+    idle = new_client(u, max_server_ping_delay=3.0)
+    await connect(idle)
+    connected_at = time.time()
+    connect_reply = replies(idle, "connect")[0]["reply"]["connect"]
+    ping = connect_reply.get("ping", 0)
+    assert ping > 0, connect_reply
+
+    calls = {"conn": 0, "sub": 0}
+
+    async def conn_token():
+        calls["conn"] += 1
+        if calls["conn"] == 1:
+            return mint_access(u, 2)
+        return await hang()
+
+    stale = new_client(u, get_token=conn_token)
+    await connect(stale)
+    stale_connected_at = time.time()
+
+    async def sub_token(channel):
+        calls["sub"] += 1
+        if calls["sub"] == 1:
+            return mint_sub(u, channel, 2)
+        return await hang()
+
+    sub_conn = new_client(u)
+    await connect(sub_conn)
+    stale_sub = new_sub(sub_conn, room, get_token=sub_token)
+    await subscribe(sub_conn, stale_sub)
+
+    def torn_down(conn):
+        names = [e[0] for e in conn.rec.events]
+        after = names[names.index("connected") + 1:] if "connected" in names else []
+        return "connecting" in after or "disconnected" in after
+
+    def stale_ended():
+        return torn_down(stale) or any(
+            f["dir"] == "in" and "disconnect" in (f["msg"].get("push") or {}) for f in stale.frames)
+
+    def sub_ended():
+        return any(f["dir"] == "in" and "unsubscribe" in (f["msg"].get("push") or {})
+                   for f in sub_conn.frames) or torn_down(sub_conn)
+
+    await wait_for(lambda: stale_ended() and sub_ended(), max(ping + 5, 2 + EXPIRED_CLOSE_DELAY + 8),
+                   lambda: f"stale connection ended: {stale_ended()}, stale subscription ended: {sub_ended()}\n"
+                           f"--- stale\n{dump_frames(stale, 10)}\n--- sub\n{dump_frames(sub_conn, 10)}")
+    assert time.time() - stale_connected_at >= 2, "not closed before the token expired"
+    left = ping + 4 - (time.time() - connected_at)
+    if left > 0:
+        await asyncio.sleep(left)
+    pings = [f for f in idle.frames if f["dir"] == "in" and f["msg"] == {}]
+    assert pings, f"at least one server ping in {ping + 4}s\n{dump_frames(idle, 10)}"
+    assert len(idle.rec.named("connected")) == 1, "the idle client never reconnected"
+    assert not torn_down(idle), idle.rec.events
+    assert idle.client.state == ClientState.CONNECTED
