@@ -120,8 +120,8 @@ pub enum Scenario {
         /// Subscribing connections (publishers included).
         #[arg(long, short = 'n', default_value_t = 5_000)]
         subscribers: usize,
-        /// Publishing connections.
-        #[arg(long, short = 'p', default_value_t = 1)]
+        /// Publishing connections (the gateway limits each to 20 msg/s by default).
+        #[arg(long, short = 'p', default_value_t = 2)]
         publishers: usize,
         /// Aggregate messages per second.
         #[arg(long, default_value_t = 20.0)]

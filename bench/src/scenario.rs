@@ -252,6 +252,7 @@ pub async fn traffic(
         connections >= rooms,
         "need at least one connection per room ({connections} < {rooms})"
     );
+    sys::check_fd_budget(connections)?;
     let setup_start = Instant::now();
     let fx = setup(&ctx, rooms, default_users(rooms, ctx.common.users)).await?;
     ctx.report.setup_secs = setup_start.elapsed().as_secs_f64();
@@ -434,6 +435,7 @@ pub async fn connections(
     settle: Duration,
     hold: Duration,
 ) -> anyhow::Result<Report> {
+    sys::check_fd_budget(n)?;
     let pid = sys::gateway_pid(ctx.common.gateway_pid, None)?;
     let mut mem = MemoryStats {
         gateway_pid: pid,

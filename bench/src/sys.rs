@@ -31,6 +31,20 @@ pub fn raise_nofile(want: u64) -> anyhow::Result<(u64, u64)> {
     Ok(rlimit::Resource::NOFILE.get()?)
 }
 
+/// Fails early, with the reason, when `conns` sockets cannot fit under this
+/// process's open-file limit.
+pub fn check_fd_budget(conns: usize) -> anyhow::Result<()> {
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    let need = conns as u64 + 64;
+    anyhow::ensure!(
+        need <= soft,
+        "{conns} connections need about {need} file descriptors but this process may open {soft} \
+         (hard limit {hard}, which this environment does not let us raise); \
+         run several bench processes with fewer connections each"
+    );
+    Ok(())
+}
+
 /// A `kB` field (`VmRSS`, `VmHWM`) of a `/proc/<pid>/status` text.
 pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|l| {
