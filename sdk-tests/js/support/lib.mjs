@@ -139,9 +139,10 @@ export function recordingWebSocket() {
   const sockets = [];
   const record = (dir, data) => {
     const text = typeof data === 'string' ? data : Buffer.from(data).toString('utf8');
-    for (const line of text.split('\n')) {
-      if (!line.trim()) continue;
-      try { frames.push({ dir, msg: JSON.parse(line), at: Date.now() }); } catch { frames.push({ dir, raw: line, at: Date.now() }); }
+    const lines = text.split('\n').filter((l) => l.trim());
+    for (const line of lines) {
+      const batch = lines.length;
+      try { frames.push({ dir, msg: JSON.parse(line), at: Date.now(), batch }); } catch { frames.push({ dir, raw: line, at: Date.now(), batch }); }
     }
   };
   class WS extends WebSocket {
@@ -188,7 +189,7 @@ export function newClient(u, opts = {}) {
   const { WS, frames, sockets } = recordingWebSocket();
   const state = { tokenCalls: 0, frames, sockets, events: [] };
   const getToken = opts.getToken || (async () => login(u));
-  const c = new Centrifuge(ENV.wsUrl, {
+  const c = new Centrifuge(opts.wsUrl || ENV.wsUrl, {
     websocket: WS,
     getToken: async (ctx) => { state.tokenCalls++; return getToken(ctx); },
     ...(opts.token ? { token: opts.token } : {}),

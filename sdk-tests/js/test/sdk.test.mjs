@@ -289,6 +289,95 @@ test('4-5. a client disconnected while others publish recovers everything it mis
   assert.deepEqual(cGot.slice(2, 8).map((p) => ({ data: p.data, user: p.info?.user })), missed);
 });
 
+test('one client in three rooms: the batched resubscribe after a reconnect recovers every room', T, async () => {
+  const u = await registerUser('jsmulti');
+  const p = await registerUser('jsmultip');
+  const rooms = [await createRoom(u), await createRoom(u), await createRoom(u)];
+  for (const r of rooms) await joinRoom(p, r);
+  const cl = newClient(u);
+  await connect(cl);
+  const recs = [];
+  for (const r of rooms) { const rec = newSub(cl, u, r); await subscribe(cl, rec); recs.push(rec); }
+  const pc = newClient(p);
+  await connect(pc);
+  const precs = [];
+  for (const r of rooms) { const rec = newSub(pc, p, r); await subscribe(pc, rec); precs.push(rec); }
+  for (const pr of precs) await pr.sub.publish({ text: 'before' });
+  for (const rec of recs) await waitFor(() => chat(rec.pubs).length >= 1, 10000, () => dumpFrames(cl.frames));
+
+  cl.c.disconnect();
+  await waitFor(() => cl.c.state === 'disconnected');
+  for (let i = 0; i < 3; i++) for (const pr of precs) await pr.sub.publish({ text: `missed ${i}` });
+  const subscribedBefore = recs.map((r) => r.subscribed.length);
+  const outBefore = cl.frames.length;
+  cl.c.connect();
+  for (const [i, rec] of recs.entries()) {
+    await waitFor(() => rec.subscribed.length > subscribedBefore[i], 10000, () => dumpFrames(cl.frames));
+    assert.equal(rec.subscribed.at(-1).recovered, true, `room ${i} recovered`);
+  }
+  for (const [i, rec] of recs.entries()) {
+    await waitFor(() => chat(rec.pubs).length >= 4, 10000, () => dumpFrames(cl.frames));
+    assert.deepEqual(chat(rec.pubs).map((x) => x.data.text), ['before', 'missed 0', 'missed 1', 'missed 2'], `room ${i}`);
+    assert.deepEqual(chat(rec.pubs).map((x) => x.offset), chat(precs[i].pubs).map((x) => x.offset), `room ${i} offsets`);
+  }
+  const resubscribes = cl.frames.slice(outBefore).filter((f) => f.dir === 'out' && f.msg?.subscribe);
+  assert.equal(resubscribes.length, 3);
+  // centrifuge-js sends the resubscribes in one frame after connect: several commands per frame work.
+  console.log(`resubscribe frame batch sizes: ${resubscribes.map((f) => f.batch).join(',')}`);
+});
+
+// The gateway's recovery window per room (CONFAB_GATEWAY_HISTORY_SIZE, 1000 by default).
+const WINDOW = Number(process.env.CONFAB_GATEWAY_HISTORY_SIZE || 1000);
+
+test('recovery from outside the window says recovered: false', { timeout: 180000 }, async () => {
+  const a = await registerUser('jswin');
+  const b = await registerUser('jswinp');
+  const room = await createRoom(a);
+  await joinRoom(b, room);
+  const cl = newClient(a);
+  await connect(cl);
+  const rec = newSub(cl, a, room);
+  await subscribe(cl, rec);
+  // Publishers: several connections, each under the per-connection publish rate limit.
+  const nPub = Math.min(10, Math.max(1, Math.ceil((WINDOW + 5) / 40)));
+  const pubs = [];
+  for (let i = 0; i < nPub; i++) {
+    const pc = newClient(b);
+    await connect(pc);
+    const pr = newSub(pc, b, room);
+    await subscribe(pc, pr);
+    pubs.push(pr);
+  }
+  await pubs[0].sub.publish({ text: 'seen' });
+  await waitFor(() => chat(rec.pubs).length >= 1);
+
+  cl.c.disconnect();
+  await waitFor(() => cl.c.state === 'disconnected');
+  const total = WINDOW + 5;
+  let next = 0;
+  await Promise.all(pubs.map(async (pr) => {
+    for (;;) {
+      const i = next++;
+      if (i >= total) return;
+      for (;;) {
+        try { await pr.sub.publish({ text: `flood ${i}` }); break; } catch (e) {
+          if (e.code === 111) { await sleep(100); continue; } // too many requests: slow down
+          throw e;
+        }
+      }
+      if (total > 100) await sleep(50); // ~20/s per connection
+    }
+  }));
+  const before = rec.subscribed.length;
+  cl.c.connect();
+  await waitFor(() => rec.subscribed.length > before, 20000, () => dumpFrames(cl.frames, 5));
+  const ctx = rec.subscribed.at(-1);
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, false, `${total} publications missed with a window of ${WINDOW}: recovered must be false`);
+  await pubs[0].sub.publish({ text: 'live again' });
+  await waitFor(() => chat(rec.pubs).some((p) => p.data.text === 'live again'), 10000);
+});
+
 test('an abruptly lost transport reconnects and recovers what was published meanwhile', T, async () => {
   const { members } = await roomWith(2);
   const [a, b] = members;
@@ -454,4 +543,39 @@ test('6e. server pings keep an idle connection up; unrefreshed tokens are enforc
   assert.equal(idle.c.state, 'connected');
   const staleEnd = stale.frames.find((f) => f.dir === 'close' || f.msg?.push?.disconnect);
   assert.ok(staleEnd.at - stale.events.find((e) => e.ev === 'connected').at >= 2000, 'not closed before the token expired');
+});
+
+// A second gateway process behind the same broker (optional: set CONFAB_WS_URL_2).
+const WS2 = process.env.CONFAB_WS_URL_2;
+
+test('two gateways: same offsets and epoch; a position from one recovers on the other', { ...T, skip: WS2 ? false : 'CONFAB_WS_URL_2 not set' }, async () => {
+  const a = await registerUser('js2gwa');
+  const b = await registerUser('js2gwb');
+  const room = await createRoom(a);
+  await joinRoom(b, room);
+  const c1 = newClient(a);
+  await connect(c1);
+  const s1 = newSub(c1, a, room);
+  const x1 = await subscribe(c1, s1);
+  const c2 = newClient(b, { wsUrl: WS2 });
+  await connect(c2);
+  const s2 = newSub(c2, b, room);
+  const x2 = await subscribe(c2, s2);
+  assert.equal(x1.streamPosition.epoch, x2.streamPosition.epoch, 'same epoch on both gateways');
+  for (let i = 0; i < 4; i++) await (i % 2 ? s2 : s1).sub.publish({ text: `g${i}` });
+  for (const r of [s1, s2]) await waitFor(() => chat(r.pubs).length >= 4, 10000, () => dumpFrames(c1.frames) + '\n' + dumpFrames(c2.frames));
+  assert.deepEqual(chat(s1.pubs).map((p) => [p.offset, p.data.text, p.info.user]), chat(s2.pubs).map((p) => [p.offset, p.data.text, p.info.user]));
+  // A client that saw g0 on gateway 1 continues on gateway 2 from that position.
+  const g0 = chat(s1.pubs)[0];
+  const c3 = newClient(a, { wsUrl: WS2 });
+  await connect(c3);
+  const s3 = newSub(c3, a, room, { since: { offset: g0.offset, epoch: x1.streamPosition.epoch } });
+  const x3 = await subscribe(c3, s3);
+  assert.equal(x3.recovered, true);
+  await waitFor(() => chat(s3.pubs).length >= 3, 10000, () => dumpFrames(c3.frames));
+  assert.deepEqual(chat(s3.pubs).map((p) => p.offset), chat(s1.pubs).slice(1).map((p) => p.offset));
+  // Presence: what each gateway reports for the room (documented per instance or cluster-wide).
+  const p1 = await s1.sub.presenceStats();
+  const p2 = await s2.sub.presenceStats();
+  console.log(`presence_stats on gateway 1: ${JSON.stringify(p1)}, on gateway 2: ${JSON.stringify(p2)} (3 clients subscribed across both)`);
 });
