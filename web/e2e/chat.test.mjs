@@ -10,40 +10,17 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import {
+  API, APP_URL, PASSWORD, WAIT, artifacts, assertAscendingUnique, checkStack, launch, msg, offsets, register, send, shot,
+} from './lib.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repoRoot = resolve(here, '..', '..');
-const artifacts = join(here, 'artifacts');
-
-function stackEnv() {
-  const env = {};
-  const file = join(repoRoot, '.dev', 'env');
-  if (existsSync(file)) {
-    for (const line of readFileSync(file, 'utf8').split('\n')) {
-      const m = /^\s*(?:export\s+)?([A-Z0-9_]+)=(.*)$/.exec(line);
-      if (m) env[m[1]] = m[2].trim().replace(/^(['"])(.*)\1$/, '$2');
-    }
-  }
-  const api = process.env.CONFAB_API_URL || env.CONFAB_API_URL || 'http://127.0.0.1:8080';
-  const ws = process.env.CONFAB_WS_URL || env.CONFAB_WS_URL || 'ws://127.0.0.1:8000/connection/websocket';
-  return { api: api.replace(/\/+$/, ''), ws };
-}
-
-const { api: API, ws: WS } = stackEnv();
-const CHROMIUM = process.env.CONFAB_CHROMIUM || '/usr/bin/chromium';
-const APP_URL = `${API}/?ws=${encodeURIComponent(WS)}`;
 const run = Date.now().toString(36);
 const userA = `alice_${run}`;
 const userB = `bob_${run}`;
-const PASSWORD = 'correct-horse-42';
 const ROOM_PASSWORD = 'open-sesame-7';
 const roomName = `Secret club ${run}`;
 const SEEDS = 60;
-const WAIT = 20_000;
 
 let browser;
 let ctxA;
@@ -53,63 +30,10 @@ let pageB;
 let roomId;
 const consoleErrors = [];
 
-async function shot(page, name) {
-  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: false });
-}
-
-/** The message bubble whose text is exactly `text`. */
-function msg(page, text) {
-  return page.locator('.messages li.msg').filter({ has: page.locator('.text', { hasText: new RegExp(`^${escapeRe(text)}$`) }) });
-}
-
-function escapeRe(s) {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
-async function register(page, username) {
-  await page.goto(APP_URL);
-  await page.getByRole('button', { name: 'Create an account' }).click();
-  await page.getByLabel('Username').fill(username);
-  // Keyboard only from here: Tab to the password, Enter submits.
-  await page.keyboard.press('Tab');
-  await page.keyboard.type(PASSWORD);
-  await page.keyboard.press('Enter');
-  await page.locator('.me-name', { hasText: username }).waitFor({ state: 'attached', timeout: WAIT });
-}
-
-async function send(page, text) {
-  const box = page.getByRole('textbox', { name: 'Message' });
-  await box.fill(text);
-  await box.press('Enter');
-}
-
-/** Offsets rendered in the message list, in DOM order. */
-async function offsets(page) {
-  return page.$$eval('.messages li[data-offset]', (els) => els.map((e) => Number(e.getAttribute('data-offset'))));
-}
-
-function assertAscendingUnique(list, what) {
-  for (let i = 1; i < list.length; i++) {
-    assert.ok(list[i] > list[i - 1], `${what}: offsets not strictly ascending at ${i}: ${list[i - 1]} then ${list[i]}`);
-  }
-}
-
 before(async () => {
   mkdirSync(artifacts, { recursive: true });
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
-  let res;
-  try {
-    res = await fetch(`${API}/`);
-  } catch (e) {
-    assert.fail(`the stack is not running at ${API} (${e.cause?.code ?? e.message}); start it with ops/dev up -d`);
-  }
-  const html = await res.text();
-  assert.ok(res.ok && html.includes('<div id="app"'), `${API}/ does not serve the web client (status ${res.status}); build it with npm --prefix web run build`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  await checkStack();
+  browser = await launch();
   ctxA = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   ctxB = await browser.newContext({ viewport: { width: 390, height: 780 }, deviceScaleFactor: 2 });
   for (const ctx of [ctxA, ctxB]) ctx.setDefaultTimeout(WAIT);
@@ -189,7 +113,11 @@ describe('web client, two users', { timeout: 180_000 }, () => {
   });
 
   it('4. B reloads and sees the history', async () => {
-    for (let i = 1; i <= SEEDS; i++) await send(pageA, `seed ${i}`);
+    // Paced under the gateway's per-connection publish rate limit.
+    for (let i = 1; i <= SEEDS; i++) {
+      await send(pageA, `seed ${i}`);
+      await pageA.waitForTimeout(60);
+    }
     await msg(pageA, `seed ${SEEDS}`).waitFor({ timeout: 60_000 });
     await msg(pageB, `seed ${SEEDS}`).waitFor({ timeout: 60_000 });
     const live = await offsets(pageB);
@@ -244,6 +172,7 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await pageB.locator('.banner').waitFor({ state: 'hidden', timeout: 30_000 });
     await msg(pageB, 'sent while B was offline 1').waitFor();
     await msg(pageB, 'sent while B was offline 2').waitFor();
+    assert.equal(await pageB.locator('.room').getAttribute('data-last-recovery'), 'recovered', 'expected recovery from the gateway window');
     assertAscendingUnique(await offsets(pageB), 'B after recovery');
   });
 

@@ -414,6 +414,8 @@ export class RoomView {
     if (this.destroyed) return;
     this.setSubStatus('ok', '');
     this.sendError.textContent = '';
+    // For observers (and the e2e tests): how the last resubscribe caught up.
+    if (ctx.wasRecovering) this.el.dataset.lastRecovery = ctx.recovered ? 'recovered' : 'rest';
     if (ctx.wasRecovering && !ctx.recovered) {
       // Missed publications are outside the gateway's window: fall back to REST
       // history, again a moment later for what the persister had not stored yet.
@@ -546,8 +548,16 @@ export class RoomView {
       await this.sub.publish({ text });
     } catch (err) {
       if (!this.input.value) this.input.value = text;
-      const msg = (err as { message?: string })?.message ?? String(err);
-      this.showSendError(`Message not sent: ${msg}. Check your connection and try again.`);
+      const { code, message } = (err ?? {}) as { code?: number; message?: string };
+      this.showSendError(
+        code === 111
+          ? 'Message not sent: you are sending too fast. Wait a moment and try again.'
+          : code === 106
+            ? 'Message not sent: it is too long.'
+            : code === 107
+              ? 'Message not sent: the server refused it.'
+              : `Message not sent (${message ?? String(err)}). Check your connection and try again.`,
+      );
     }
   }
 
