@@ -16,11 +16,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::value::RawValue;
+use tokio_postgres::types::Type;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AuthUser, RoomId};
 use crate::model::{Message, MessageKind, MessagePage, SubscriptionToken, User};
-use crate::rooms::load_as_member;
+use crate::rooms::require_member;
 use crate::AppState;
 
 /// The page size when `limit` is not given.
@@ -95,17 +96,25 @@ pub async fn messages(
         query.map_err(|_| ApiError::bad_request("invalid_query", "malformed query string"))?;
     let (limit, before) = page_params(&query)?;
     let conn = state.db().await?;
-    load_as_member(&*conn, room, caller.id).await?;
-    let rows = conn
-        .query(
-            "SELECT stream_offset, id, kind, user_id, username, data::text, created_at
-             FROM messages
-             WHERE room_id = $1 AND stream_offset < $2
-             ORDER BY stream_offset DESC
-             LIMIT $3",
-            &[&room, &before, &(limit + 1)],
-        )
-        .await?;
+    // The access check and the page query are pipelined on one connection:
+    // one round trip for both. The page is dropped unless access is granted.
+    let fetch = limit + 1;
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+        (&room, Type::UUID),
+        (&before, Type::INT8),
+        (&fetch, Type::INT8),
+    ];
+    let page = conn.query_typed(
+        "SELECT stream_offset, id, kind, user_id, username, data::text, created_at
+         FROM messages
+         WHERE room_id = $1 AND stream_offset < $2
+         ORDER BY stream_offset DESC
+         LIMIT $3",
+        &params,
+    );
+    let (access, rows) = tokio::join!(require_member(&conn, room, caller.id), page);
+    access?;
+    let rows = rows?;
     let more = rows.len() as i64 > limit;
     let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
     for row in rows.iter().take(limit as usize) {
@@ -152,7 +161,7 @@ pub async fn subscription_token(
     RoomId(room): RoomId,
 ) -> Result<Json<SubscriptionToken>, ApiError> {
     let conn = state.db().await?;
-    load_as_member(&*conn, room, caller.id).await?;
+    require_member(&conn, room, caller.id).await?;
     let channel = confab_common::room_channel(room);
     let (token, _exp) = state.jwt().issue_subscription(caller.id, &channel);
     Ok(Json(SubscriptionToken { token }))

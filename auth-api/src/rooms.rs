@@ -21,6 +21,7 @@ use axum::Json;
 use confab_common::record::{RecordKind, RoomRecord, UserRef};
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
@@ -122,20 +123,32 @@ pub(crate) async fn load_visible<C: GenericClient>(
         .filter(RoomRow::visible))
 }
 
-/// Loads a room the caller must be a member of: 404 if invisible, 403 if
-/// visible but not a member.
-pub(crate) async fn load_as_member<C: GenericClient>(
-    client: &C,
+/// Checks that `user` is a member of `room`: 404 if the room does not exist
+/// or is invisible to them, 403 if visible but not a member.
+///
+/// One round trip (`query_typed` sends parse, bind and execute together), so
+/// history can run it alongside its page query.
+pub(crate) async fn require_member(
+    client: &tokio_postgres::Client,
     room: Uuid,
     user: Uuid,
-) -> Result<RoomRow, ApiError> {
-    let row = load_visible(client, room, user)
-        .await?
-        .ok_or_else(ApiError::room_not_found)?;
-    if !row.is_member {
-        return Err(ApiError::not_a_member());
+) -> Result<(), ApiError> {
+    let row = client
+        .query_typed(
+            "SELECT r.visibility = 'public',
+                    EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = $2),
+                    EXISTS (SELECT 1 FROM room_invites i WHERE i.room_id = r.id AND i.user_id = $2)
+             FROM rooms r WHERE r.id = $1",
+            &[(&room, Type::UUID), (&user, Type::UUID)],
+        )
+        .await?;
+    let row = row.first().ok_or_else(ApiError::room_not_found)?;
+    let (public, member, invited): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    match (member, public || invited) {
+        (true, _) => Ok(()),
+        (false, true) => Err(ApiError::not_a_member()),
+        (false, false) => Err(ApiError::room_not_found()),
     }
-    Ok(row)
 }
 
 /// A foreign-key violation on the user means the token names a user this
@@ -466,7 +479,7 @@ pub async fn invite(
     ApiJson(body): ApiJson<CreateInvite>,
 ) -> Result<(StatusCode, Json<Invite>), ApiError> {
     let conn = state.db().await?;
-    load_as_member(&*conn, room, caller.id).await?;
+    require_member(&conn, room, caller.id).await?;
     let invitee = conn
         .query_opt(
             "SELECT id, username FROM users WHERE lower(username) = lower($1)",
@@ -512,7 +525,7 @@ pub async fn members(
     RoomId(room): RoomId,
 ) -> Result<Json<MemberList>, ApiError> {
     let conn = state.db().await?;
-    load_as_member(&*conn, room, caller.id).await?;
+    require_member(&conn, room, caller.id).await?;
     let rows = conn
         .query(
             "SELECT u.id, u.username, m.role, m.joined_at
