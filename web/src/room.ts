@@ -105,6 +105,7 @@ export class RoomView {
       placeholder: 'Write a message…',
       'aria-label': 'Message',
       autocomplete: 'off',
+      oninput: () => this.autosize(),
       onkeydown: (e: KeyboardEvent) => {
         if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
           e.preventDefault();
@@ -294,7 +295,7 @@ export class RoomView {
     const mine = userId === this.host.me.id;
     return h(
       'li',
-      { class: mine ? 'msg mine' : 'msg', 'data-sender': userId, 'data-ts': String(when.getTime()) },
+      { class: mine ? 'msg mine' : 'msg', 'data-sender': userId, 'data-ts': String(when.getTime()), title: when.toLocaleString() },
       h('div', { class: 'meta' }, this.host.names.span(userId, 'sender'), ' ', timeEl(when)),
       h('div', { class: 'text' }, text),
     );
@@ -533,6 +534,12 @@ export class RoomView {
     this.sendError.textContent = text;
   }
 
+  /** Grows the send box with its text, up to the CSS max-height. */
+  private autosize(): void {
+    this.input.style.height = 'auto';
+    this.input.style.height = `${this.input.scrollHeight + 2}px`;
+  }
+
   private async onSend(e: Event): Promise<void> {
     e.preventDefault();
     const text = this.input.value;
@@ -543,6 +550,7 @@ export class RoomView {
     }
     if (!this.sub) return;
     this.input.value = '';
+    this.autosize();
     this.sendError.textContent = '';
     try {
       await this.sub.publish({ text });
