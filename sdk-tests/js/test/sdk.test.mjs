@@ -397,6 +397,36 @@ test('an abruptly lost transport reconnects and recovers what was published mean
   assert.equal(ctx.recovered, true);
 });
 
+test('repeated transport loss under continuous publishing: no gaps, no duplicates, same order', T, async () => {
+  const { members } = await roomWith(2);
+  const [a, b] = members;
+  let stop = false;
+  let n = 0;
+  const publisher = (async () => {
+    while (!stop) {
+      await a.rec.sub.publish({ text: `c${n++}` });
+      await sleep(60); // under the per-connection publish rate limit
+    }
+  })();
+  for (let cycle = 0; cycle < 4; cycle++) {
+    await sleep(400);
+    const before = b.rec.subscribed.length;
+    b.cl.sockets.at(-1).terminate();
+    await waitFor(() => b.rec.subscribed.length > before, 15000, describeAll([b]));
+    const ctx = b.rec.subscribed.at(-1);
+    assert.equal(ctx.recovered, true, `cycle ${cycle}: recovered`);
+  }
+  await sleep(300);
+  stop = true;
+  await publisher;
+  await waitFor(() => chat(b.rec.pubs).length >= n && chat(a.rec.pubs).length >= n, 10000, describeAll(members));
+  await sleep(300);
+  const want = Array.from({ length: n }, (_, i) => `c${i}`);
+  assert.deepEqual(chat(a.rec.pubs).map((p) => p.data.text), want, 'the publisher saw every publication in order');
+  assert.deepEqual(chat(b.rec.pubs).map((p) => p.data.text), want, 'the reconnecting subscriber saw every publication once, in order');
+  assert.deepEqual(chat(b.rec.pubs).map((p) => p.offset), chat(a.rec.pubs).map((p) => p.offset));
+});
+
 test('since: a new subscription from a known position receives what came after it', T, async () => {
   const { room, members } = await roomWith(2);
   const [a, b] = members;

@@ -449,3 +449,74 @@ async def test_pings_keep_idle_connection_and_unrefreshed_tokens_are_enforced():
     assert len(idle.rec.named("connected")) == 1, "the idle client never reconnected"
     assert not torn_down(idle), idle.rec.events
     assert idle.client.state == ClientState.CONNECTED
+
+
+async def test_one_client_three_rooms_recovers_every_room():
+    u = await register("pymulti")
+    p = await register("pymultip")
+    rooms = [await create_room(u) for _ in range(3)]
+    for r in rooms:
+        await join_room(p, r)
+    conn = new_client(u)
+    await connect(conn)
+    recs = []
+    for r in rooms:
+        rec = new_sub(conn, r)
+        await subscribe(conn, rec)
+        recs.append(rec)
+    pconn = new_client(p)
+    await connect(pconn)
+    precs = []
+    for r in rooms:
+        rec = new_sub(pconn, r)
+        await subscribe(pconn, rec)
+        precs.append(rec)
+    for pr in precs:
+        await pr.sub.publish({"text": "before"})
+    for rec in recs:
+        await wait_for(lambda: len(chat(rec.pubs)) >= 1, 10, describe(conn))
+
+    await conn.client.disconnect()
+    for i in range(3):
+        for pr in precs:
+            await pr.sub.publish({"text": f"missed {i}"})
+    before = [len(r.subscribed) for r in recs]
+    await conn.client.connect()
+    for i, rec in enumerate(recs):
+        await wait_for(lambda: len(rec.subscribed) > before[i], 10, describe(conn))
+        assert rec.subscribed[-1].recovered is True, f"room {i}"
+        await wait_for(lambda: len(chat(rec.pubs)) >= 4, 10, describe(conn))
+        assert [x.data["text"] for x in chat(rec.pubs)] == ["before", "missed 0", "missed 1", "missed 2"]
+        assert [x.offset for x in chat(rec.pubs)] == [x.offset for x in chat(precs[i].pubs)]
+
+
+async def test_repeated_transport_loss_under_continuous_publishing():
+    room, members = await room_with(2)
+    (ca, sa, _), (cb, sb, _) = members
+    state = {"stop": False, "n": 0}
+
+    async def publisher():
+        while not state["stop"]:
+            await sa.sub.publish({"text": f"c{state['n']}"})
+            state["n"] += 1
+            await asyncio.sleep(0.06)
+
+    task = asyncio.ensure_future(publisher())
+    try:
+        for cycle in range(4):
+            await asyncio.sleep(0.4)
+            before = len(sb.subscribed)
+            cb.client._conn.transport.abort()
+            await wait_for(lambda: len(sb.subscribed) > before, 15, describe(cb))
+            assert sb.subscribed[-1].recovered is True, f"cycle {cycle}"
+        await asyncio.sleep(0.3)
+    finally:
+        state["stop"] = True
+        await task
+    n = state["n"]
+    await wait_for(lambda: len(chat(sb.pubs)) >= n and len(chat(sa.pubs)) >= n, 10, describe(ca, cb))
+    await asyncio.sleep(0.3)
+    want = [f"c{i}" for i in range(n)]
+    assert [p.data["text"] for p in chat(sa.pubs)] == want
+    assert [p.data["text"] for p in chat(sb.pubs)] == want
+    assert [p.offset for p in chat(sb.pubs)] == [p.offset for p in chat(sa.pubs)]
