@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import {
-  API, APP_URL, PASSWORD, WAIT, artifacts, assertAscendingUnique, checkStack, launch, msg, offsets, register, send, shot,
+  API, APP_URL, PASSWORD, WAIT, appUrl, artifacts, assertAscendingUnique, checkStack, launch, msg, offsets, register, send, shot,
 } from './lib.mjs';
 
 const run = Date.now().toString(36);
@@ -216,7 +216,20 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await msg(pageA, 'thanks for the invite').waitFor();
   });
 
-  it('9. log out, log back in: the session and rooms come back', async () => {
+  it('9. an unreachable gateway shows a connection error', async () => {
+    const ctx = await browser.newContext({ viewport: { width: 800, height: 600 } });
+    try {
+      const page = await ctx.newPage();
+      await register(page, `eve_${run}`, appUrl('ws://127.0.0.1:9/connection/websocket'));
+      await page.locator('.banner', { hasText: 'Cannot reach the chat server' }).waitFor();
+      assert.equal(await page.locator('.conn-dot').getAttribute('data-state'), 'connecting');
+      await shot(page, '14-gateway-unreachable');
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  it('10. log out, log back in: the session and rooms come back', async () => {
     await pageB.getByRole('button', { name: 'Log out' }).click();
     await pageB.getByRole('button', { name: 'Log in' }).waitFor();
     await pageB.getByLabel('Username').fill(userB);

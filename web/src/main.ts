@@ -222,6 +222,16 @@ class App {
       if (this.everConnected) this.showBanner('Connection lost. Reconnecting…', 'warn');
       else if (ctx.code !== 0) this.showBanner('Cannot reach the chat server. Retrying…', 'warn');
     });
+    client.on('error', (ctx) => {
+      // Transport failures while (re)connecting: the state stays "connecting",
+      // so say here that the server cannot be reached.
+      if (ctx.type === 'transport' && client.state !== 'connected') {
+        this.showBanner(
+          this.everConnected ? 'Connection lost. Reconnecting…' : 'Cannot reach the chat server. Retrying…',
+          'warn',
+        );
+      }
+    });
     client.on('connected', () => {
       this.everConnected = true;
       this.setConn('connected');
