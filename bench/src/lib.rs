@@ -47,6 +47,12 @@ pub async fn run(
         params: serde_json::json!({"scenario": &cli.scenario, "common": &cli.common}),
         ..Default::default()
     };
+    let gateway = sys::gateway_pid(cli.common.gateway_pid, None).ok();
+    let cpu_start = gateway.and_then(sys::cpu_secs);
+    let report = Report {
+        load_average_start: sys::loadavg(),
+        ..report
+    };
     let ctx = scenario::Ctx {
         api: rest::Api::new(&cli.common.api)?,
         target: ws::WsTarget::resolve(&cli.common.ws).await?,
@@ -83,6 +89,10 @@ pub async fn run(
         } => scenario::persist(ctx, rate, duration, poll, drain).await?,
     };
     report.interrupted = interrupt.is_cancelled();
+    report.load_average_end = sys::loadavg();
+    if let (Some(a), Some(b)) = (cpu_start, gateway.and_then(sys::cpu_secs)) {
+        report.gateway_cpu_secs = Some(b - a);
+    }
     print!("{}", report.table());
     report.write_json(&out)?;
     println!("  results: {}", out.display());

@@ -115,6 +115,12 @@ pub struct Report {
     pub interrupted: bool,
     pub params: serde_json::Value,
     pub setup_secs: f64,
+    /// `/proc/loadavg` (1, 5, 15 min) when the run started and ended: the
+    /// machine has two cores shared with everything else running.
+    pub load_average_start: Option<String>,
+    pub load_average_end: Option<String>,
+    /// CPU seconds the gateway used during the run, when its pid is known.
+    pub gateway_cpu_secs: Option<f64>,
     pub connections: ConnStats,
     pub traffic: Option<TrafficStats>,
     pub deliver_latency: Option<Summary>,
@@ -170,6 +176,12 @@ impl Report {
         );
         row(&mut o, "started", &self.started_at);
         row(&mut o, "setup (REST)", format!("{:.1} s", self.setup_secs));
+        if let (Some(a), Some(b)) = (&self.load_average_start, &self.load_average_end) {
+            row(&mut o, "load average", format!("{a} -> {b} (2 cores)"));
+        }
+        if let Some(cpu) = self.gateway_cpu_secs {
+            row(&mut o, "gateway CPU", format!("{cpu:.1} s"));
+        }
         let c = &self.connections;
         row(
             &mut o,

@@ -123,16 +123,19 @@ pub fn cdf(h: &Histogram<u64>, max_points: usize) -> Vec<CdfPoint> {
         .collect();
     let mut out = Vec::with_capacity(all.len().min(max_points.max(2)));
     let mut seen = 0u64;
-    // Keep a point whenever the percentile moved by at least `step` in the
-    // "nines" scale, so 99 -> 99.9 -> 99.99 each get points.
+    // Keep a point whenever the percentile moved by a fixed share, or by at
+    // least `step` in the "nines" scale, so 99 -> 99.9 -> 99.99 get points too.
     let step = 1.0 / max_points.max(2) as f64;
     let mut last_kept = f64::NEG_INFINITY;
+    let mut last_frac = f64::NEG_INFINITY;
     for (i, (value, count)) in all.iter().enumerate() {
         seen += count;
         let frac = seen as f64 / total as f64;
         let nines = -(1.0 - frac).max(1e-9).log10() / 9.0; // 0..1
         let last = i + 1 == all.len();
-        if last || nines - last_kept >= step || all.len() <= max_points {
+        let moved = frac - last_frac >= 2.0 / max_points.max(2) as f64;
+        if last || moved || nines - last_kept >= step || all.len() <= max_points {
+            last_frac = frac;
             out.push(CdfPoint {
                 ms: ms(h.highest_equivalent(*value)),
                 percent: frac * 100.0,
@@ -195,6 +198,8 @@ mod tests {
         let h = hist((1..=100_000).map(|i| i * 3));
         let points = cdf(&h, 200);
         assert!(points.len() > 10 && points.len() <= 400, "{}", points.len());
+        // The body is not one straight segment: some point sits between 1 % and 10 %.
+        assert!(points.iter().any(|p| p.percent > 1.0 && p.percent < 10.0));
         for w in points.windows(2) {
             assert!(w[0].ms <= w[1].ms);
             assert!(w[0].percent <= w[1].percent);

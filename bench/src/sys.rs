@@ -45,6 +45,28 @@ pub fn check_fd_budget(conns: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` shows them.
+pub fn loadavg() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// User plus system CPU seconds of a `/proc/<pid>/stat` text (USER_HZ = 100).
+pub fn stat_cpu_secs(stat: &str) -> Option<f64> {
+    // The command name may hold spaces; fields restart after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, utime field 14, stime field 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU seconds a process has used so far.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// A `kB` field (`VmRSS`, `VmHWM`) of a `/proc/<pid>/status` text.
 pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|l| {
@@ -150,6 +172,15 @@ mod tests {
         assert_eq!(status_kib(s, "VmRSS"), Some(4321));
         assert_eq!(status_kib(s, "VmHWM"), Some(5000));
         assert_eq!(status_kib(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn parses_cpu_time() {
+        let stat =
+            "4242 (confab gate) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 8 0 100 0 0";
+        assert_eq!(stat_cpu_secs(stat), Some(3.0));
+        assert!(cpu_secs(std::process::id()).is_some());
+        assert_eq!(loadavg().unwrap().split(' ').count(), 3);
     }
 
     #[test]
