@@ -390,7 +390,14 @@ impl Session {
             return Err(ProtoError::PERMISSION_DENIED);
         }
         match self.gw.config.jwt.verify_subscription(token) {
-            Ok(c) if c.sub == peer.user && c.channel == channel => Ok(c.exp),
+            Ok(c) if c.sub == peer.user && c.channel == channel => {
+                let room = confab_common::parse_room_channel(channel)
+                    .ok_or(ProtoError::UNKNOWN_CHANNEL)?;
+                if self.gw.hub.left_since(room, peer.user, c.iat) {
+                    return Err(ProtoError::PERMISSION_DENIED);
+                }
+                Ok(c.exp)
+            }
             Ok(_) | Err(TokenError::Invalid(_)) => Err(ProtoError::PERMISSION_DENIED),
             Err(TokenError::Expired) => Err(ProtoError::TOKEN_EXPIRED),
         }

@@ -133,6 +133,9 @@ struct Room {
     /// The newest offset evicted from the window, or -1.
     evicted: i64,
     subs: HashMap<u64, Sub>,
+    /// Users whose latest membership record is `member_left`, with that
+    /// record's time (Unix ms): their older subscription tokens are refused.
+    departed: HashMap<Uuid, i64>,
 }
 
 /// Per-partition progress of this instance's consumer.
@@ -269,6 +272,7 @@ impl Room {
             window: VecDeque::new(),
             evicted: -1,
             subs: HashMap::new(),
+            departed: HashMap::new(),
         }
     }
 
@@ -367,8 +371,15 @@ impl Hub {
                 let lag = (now - record.ts_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!(m::PUBLISH_TO_DELIVER).record(lag);
             }
-            if record.kind == RecordKind::MemberLeft {
-                self.remove_user(room, record.user.id, offset);
+            match record.kind {
+                RecordKind::MemberLeft => {
+                    room.departed.insert(record.user.id, record.ts_ms);
+                    self.remove_user(room, record.user.id, offset);
+                }
+                RecordKind::MemberJoined => {
+                    room.departed.remove(&record.user.id);
+                }
+                RecordKind::Message => {}
             }
         }
         self.skip(partition, offset);
@@ -473,6 +484,16 @@ impl Hub {
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
         room.broadcast(&protocol::encode_join_push(&room.channel, &peer.info));
         out
+    }
+
+    /// Whether `user` left the room after a token issued at `iat` (Unix
+    /// seconds): such a token predates the departure and must not admit.
+    pub fn left_since(&self, room_id: Uuid, user: Uuid, iat: i64) -> bool {
+        let shard = self.shard(room_id);
+        shard
+            .get(&room_id)
+            .and_then(|r| r.departed.get(&user))
+            .is_some_and(|&left_ms| iat.saturating_mul(1000) < left_ms - 1000)
     }
 
     /// Removes subscription `sub_id`; leave pushes go to the others.
@@ -836,6 +857,14 @@ mod tests {
         assert!(got[1]["push"]["leave"].is_object());
         assert_eq!(h.presence_stats(room), (1, 1));
         assert!(!h.unsubscribe(room, sa.sub_id));
+        let now_s = confab_common::record::now_ms() / 1000;
+        assert!(h.left_since(room, leaver, now_s - 60), "old token refused");
+        assert!(
+            !h.left_since(room, leaver, now_s + 1),
+            "token issued after leaving"
+        );
+        h.deliver(0, 1, &record(room, leaver, RecordKind::MemberJoined, ""));
+        assert!(!h.left_since(room, leaver, now_s - 60), "rejoined");
     }
 
     #[test]

@@ -14,8 +14,27 @@ pub const RECORDS_CONSUMED: &str = "confab_gateway_records_consumed_total";
 pub const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
 pub const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
 
-/// Registers HELP text for every gateway metric.
+/// Registers HELP text for every gateway metric and makes the gauges and
+/// counters visible before their first change.
 pub fn describe() {
+    describe_only();
+    for g in [CONNECTIONS, SUBSCRIPTIONS, CONSUMER_LAG] {
+        metrics::gauge!(g).increment(0.0);
+    }
+    for c in [
+        MESSAGES_PUBLISHED,
+        PUBLISH_FAILURES,
+        MESSAGES_DELIVERED,
+        SEND_QUEUE_DROPS,
+        SLOW_CONSUMER_DISCONNECTS,
+        RECORDS_CONSUMED,
+        BAD_RECORDS,
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+}
+
+fn describe_only() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(
         CONNECTIONS,

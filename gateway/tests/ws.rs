@@ -502,7 +502,6 @@ async fn recover(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_inside_and_outside_the_window() {
     let kafka = test_topic(2).await;
-    let gw = start(&kafka, &[("CONFAB_GATEWAY_HISTORY_SIZE", "5")]).await;
     let room = Uuid::new_v4();
     let channel = confab_common::room_channel(room);
     // As in production, a room's stream starts with its creator joining.
@@ -514,6 +513,8 @@ async fn recovery_inside_and_outside_the_window() {
         RecordKind::MemberJoined,
     )
     .await;
+    // The gateway reads that record at start, before accepting connections.
+    let gw = start(&kafka, &[("CONFAB_GATEWAY_HISTORY_SIZE", "5")]).await;
     let mut pubr = member(gw.addr, room).await;
     let r = {
         let keys = keys();
