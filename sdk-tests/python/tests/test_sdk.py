@@ -93,6 +93,10 @@ async def test_connect_subscribe_publish_receive():
         assert all(p.offset > 0 for p in rec.pubs), [(p.offset, p.data) for p in rec.pubs]
         offsets_by.append(offsets)
     assert offsets_by[0] == offsets_by[1], "every subscriber sees the same offsets"
+    # The whole stream, room creation's member_joined included, has positive offsets
+    # (centrifuge-python moves its position only for offset > 0).
+    h = await sa.sub.history(limit=100)
+    assert all(p.offset > 0 for p in h.publications), [(p.offset, p.data) for p in h.publications]
 
 
 async def test_extra_fields_delivered_exactly():
