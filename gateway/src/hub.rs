@@ -496,6 +496,40 @@ impl Hub {
             .is_some_and(|&left_ms| iat.saturating_mul(1000) < left_ms - 1000)
     }
 
+    /// Forgets rooms with no subscribers whose newest publication is older
+    /// than `idle_ms`, to bound memory. Their partition's floor moves past
+    /// their last offset, so positions older than that are no longer
+    /// recoverable (they were idle for `idle_ms` anyway). Returns how many
+    /// rooms were dropped.
+    pub fn sweep(&self, idle_ms: i64) -> usize {
+        let now = now_ms();
+        let mut dropped = 0;
+        for shard in &self.shards {
+            let mut rooms = shard.lock().unwrap_or_else(|e| e.into_inner());
+            rooms.retain(|_, room| {
+                let newest = room.window.back().map_or(i64::MIN, |e| e.ts_ms);
+                let idle = room.subs.is_empty() && newest < now - idle_ms;
+                if idle {
+                    let last = room.last().max(room.evicted);
+                    if let Some(p) = self.partitions.get(room.partition) {
+                        p.floor.fetch_max(last, Ordering::AcqRel);
+                    }
+                    dropped += 1;
+                }
+                !idle
+            });
+        }
+        dropped
+    }
+
+    /// Rooms held in memory.
+    pub fn rooms(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
     /// Removes subscription `sub_id`; leave pushes go to the others.
     pub fn unsubscribe(&self, room_id: Uuid, sub_id: u64) -> bool {
         let mut shard = self.shard(room_id);
@@ -933,6 +967,30 @@ mod tests {
         let fresh = hub(1);
         fresh.init_partition(0, 10, 10);
         assert!(fresh.history(room, 10, Some((3, "ep")), false).is_err());
+    }
+
+    #[test]
+    fn sweeping_idle_rooms_keeps_recovery_honest() {
+        let h = hub(10);
+        let idle = Uuid::new_v4();
+        let busy = Uuid::new_v4();
+        let (p, _rx) = peer(Uuid::new_v4(), 16);
+        h.subscribe(busy, &p, None);
+        for (o, room) in [(0, idle), (1, busy), (2, idle)] {
+            let mut r = record(room, Uuid::new_v4(), RecordKind::Message, "m");
+            if room == idle {
+                r.ts_ms -= 10_000;
+            }
+            h.deliver(0, o, &r);
+        }
+        assert_eq!(h.sweep(5_000), 1);
+        assert_eq!(h.rooms(), 1);
+        // The idle room is gone: recovering from before its last record must
+        // not claim success with nothing; from after it, it may.
+        let (q, _qrx) = peer(Uuid::new_v4(), 16);
+        assert!(!h.subscribe(idle, &q, Some((1, "ep"))).recovered);
+        let r = h.subscribe(idle, &q, Some((2, "ep")));
+        assert!(r.recovered && r.publications.is_empty());
     }
 
     #[test]

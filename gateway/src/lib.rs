@@ -62,6 +62,9 @@ pub struct Config {
     pub history_size: usize,
     /// Age after which publications leave the window (`CONFAB_GATEWAY_HISTORY_TTL_SECS`, 0 = never).
     pub history_ttl: Duration,
+    /// Rooms without subscribers and without publications for this long are
+    /// dropped from memory (`CONFAB_GATEWAY_ROOM_IDLE_SECS`, 0 = never).
+    pub room_idle: Duration,
     /// Records per partition read at start to fill windows (`CONFAB_GATEWAY_PREFILL_RECORDS`).
     pub prefill_records: i64,
     /// How long to wait at start for the prefill before accepting anyway
@@ -129,6 +132,7 @@ impl Config {
                 env.parse_or("CONFAB_GATEWAY_HISTORY_SIZE", 1000)?,
             )?,
             history_ttl: env.secs_or("CONFAB_GATEWAY_HISTORY_TTL_SECS", Duration::ZERO)?,
+            room_idle: env.secs_or("CONFAB_GATEWAY_ROOM_IDLE_SECS", Duration::from_secs(3600))?,
             prefill_records: env.parse_or("CONFAB_GATEWAY_PREFILL_RECORDS", 20_000)?,
             catch_up_timeout: env.secs_or(
                 "CONFAB_GATEWAY_CATCH_UP_TIMEOUT_SECS",
@@ -265,6 +269,26 @@ pub async fn run(
         tokio::spawn(async move {
             if caught_up.wait_for(|v| *v).await.is_ok() {
                 gw.ready.store(true, std::sync::atomic::Ordering::Release);
+            }
+        });
+    }
+
+    if !gw.config.room_idle.is_zero() {
+        let hub = Arc::clone(&gw.hub);
+        let idle_ms = gw.config.room_idle.as_millis() as i64;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let dropped = hub.sweep(idle_ms);
+                if dropped > 0 {
+                    tracing::debug!(dropped, "idle rooms dropped");
+                }
+                ::metrics::gauge!(metrics::ROOMS).set(hub.rooms() as f64);
             }
         });
     }

@@ -12,13 +12,14 @@ pub const SLOW_CONSUMER_DISCONNECTS: &str = "confab_gateway_slow_consumer_discon
 pub const CONSUMER_LAG: &str = "confab_gateway_consumer_lag";
 pub const RECORDS_CONSUMED: &str = "confab_gateway_records_consumed_total";
 pub const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
+pub const ROOMS: &str = "confab_gateway_rooms";
 pub const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
 
 /// Registers HELP text for every gateway metric and makes the gauges and
 /// counters visible before their first change.
 pub fn describe() {
     describe_only();
-    for g in [CONNECTIONS, SUBSCRIPTIONS, CONSUMER_LAG] {
+    for g in [CONNECTIONS, SUBSCRIPTIONS, CONSUMER_LAG, ROOMS] {
         metrics::gauge!(g).increment(0.0);
     }
     for c in [
@@ -78,6 +79,7 @@ fn describe_only() {
         CONSUMER_LAG,
         "Records between this instance's consumer position and the partitions' high watermarks."
     );
+    describe_gauge!(ROOMS, "Rooms held in memory (windows and subscriber sets).");
     describe_counter!(RECORDS_CONSUMED, "Records read from the room topic.");
     describe_counter!(
         BAD_RECORDS,
