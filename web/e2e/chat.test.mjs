@@ -52,7 +52,7 @@ after(async () => {
   await browser?.close();
 });
 
-describe('web client, two users', { timeout: 180_000 }, () => {
+describe('web client, two users', { timeout: 300_000 }, () => {
   it('1. A registers and creates a private room with a password', async () => {
     await pageA.goto(APP_URL);
     await pageA.getByRole('button', { name: 'Log in' }).waitFor();
@@ -244,5 +244,13 @@ describe('web client, two users', { timeout: 180_000 }, () => {
     await pageB.locator('.room-link', { hasText: roomName }).waitFor({ state: 'detached' });
     assert.equal(await pageB.locator('.room-link').count(), 1, 'the filter should leave one room');
     await shot(pageB, '13-filtered-rooms-B');
+    // A token the API no longer accepts sends the user back to the login form.
+    await pageB.evaluate(() => {
+      const s = JSON.parse(sessionStorage.getItem('confab.session'));
+      s.token = `${s.token}x`;
+      sessionStorage.setItem('confab.session', JSON.stringify(s));
+    });
+    await pageB.reload();
+    await pageB.locator('.auth .error', { hasText: 'session has expired' }).waitFor();
   });
 });

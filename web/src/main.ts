@@ -187,7 +187,13 @@ class App {
   }
 
   private logout(notice?: string): void {
-    if (!this.session) return;
+    if (!this.session) {
+      // A stored session the API refused before the app was entered.
+      this.api.token = null;
+      saveSession(null);
+      this.showAuth(notice);
+      return;
+    }
     this.session = null;
     this.api.token = null;
     saveSession(null);
