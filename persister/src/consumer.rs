@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{self, Batch, Body, Entry};
 use crate::config::{Config, Crash};
+use crate::gap::{Tracker, Verdict};
 use crate::metrics::{self as m, kind};
 use crate::store::{self, Store};
 use crate::PersisterError;
@@ -74,8 +75,18 @@ struct Offsets {
     /// Partitions revoked since the loop last looked, whose pending records
     /// must be dropped.
     revoked: BTreeSet<i32>,
+    /// Partitions assigned since the loop last looked, with the committed
+    /// offset reading starts from (`None`: the group has none).
+    starts: Vec<(i32, Option<i64>)>,
     /// A rebalance happened since the loop last looked.
     rebalanced: bool,
+}
+
+/// What changed in a rebalance, for the loop.
+#[derive(Debug, Default)]
+pub(crate) struct Rebalanced {
+    revoked: BTreeSet<i32>,
+    starts: Vec<(i32, Option<i64>)>,
 }
 
 /// State shared by the parts of one persister instance.
@@ -87,6 +98,9 @@ pub(crate) struct Shared {
     /// the loop commits.
     commit_wanted: Notify,
     db_up: AtomicBool,
+    /// The high watermark per partition from the last fetch responses
+    /// (librdkafka statistics). Unlike tansu's ListOffsets, it is exact.
+    high: Mutex<BTreeMap<i32, i64>>,
     persisted: AtomicU64,
     poison: AtomicU64,
     batches: AtomicU64,
@@ -99,6 +113,7 @@ impl Shared {
             offsets: Mutex::default(),
             commit_wanted: Notify::new(),
             db_up: AtomicBool::new(false),
+            high: Mutex::default(),
             persisted: AtomicU64::new(0),
             poison: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -190,15 +205,25 @@ impl Shared {
             .collect()
     }
 
-    /// Takes the partitions revoked since the last call, if a rebalance
-    /// happened.
-    fn take_rebalance(&self) -> Option<BTreeSet<i32>> {
+    /// What changed since the last call, if a rebalance happened.
+    fn take_rebalance(&self) -> Option<Rebalanced> {
         let mut o = self.offsets();
         if !o.rebalanced {
             return None;
         }
         o.rebalanced = false;
-        Some(std::mem::take(&mut o.revoked))
+        Some(Rebalanced {
+            revoked: std::mem::take(&mut o.revoked),
+            starts: std::mem::take(&mut o.starts),
+        })
+    }
+
+    fn high(&self, partition: i32) -> Option<i64> {
+        self.high
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&partition)
+            .copied()
     }
 }
 
@@ -214,6 +239,7 @@ fn commit<C: ConsumerContext>(
     }
     match consumer.commit(&shared.tpl(list), mode) {
         Ok(()) => {
+            tracing::debug!(offsets = ?list, ?mode, "offsets committed");
             counter!(m::COMMITS).increment(1);
             shared.mark_committed(list);
             true
@@ -232,6 +258,18 @@ pub(crate) struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.topic) else {
+            return;
+        };
+        let mut high = self.shared.high.lock().unwrap_or_else(|e| e.into_inner());
+        for (&p, part) in &topic.partitions {
+            if p >= 0 && part.hi_offset >= 0 {
+                high.insert(p, part.hi_offset);
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         counter!(m::ERRORS, "kind" => kind::KAFKA_CLIENT).increment(1);
         tracing::warn!(error = %error, reason, "kafka client error");
@@ -266,14 +304,27 @@ impl ConsumerContext for Ctx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = self.shared.partitions(tpl);
+            // Where reading starts, so that the loop can tell when the broker
+            // skips records (see `gap`).
+            let committed = consumer
+                .committed_offsets((*tpl).clone(), Duration::from_secs(5))
+                .map_err(|err| tracing::warn!(error = %err, "cannot read committed offsets"))
+                .ok();
             let mut o = self.shared.offsets();
             for p in &parts {
                 o.assigned.insert(*p);
                 o.stored.remove(p);
                 o.committed.remove(p);
+                let start = committed.as_ref().and_then(|c| {
+                    match c.find_partition(&self.shared.topic, *p).map(|e| e.offset()) {
+                        Some(Offset::Offset(off)) => Some(off),
+                        _ => None,
+                    }
+                });
+                o.starts.push((*p, start));
             }
             o.rebalanced = true;
             drop(o);
@@ -282,6 +333,7 @@ impl ConsumerContext for Ctx {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        tracing::debug!(?result, ?offsets, "commit callback");
         if let Err(err) = result {
             counter!(m::ERRORS, "kind" => kind::KAFKA_COMMIT).increment(1);
             tracing::warn!(error = %err, "offset commit failed, will retry");
@@ -389,24 +441,154 @@ pub(crate) async fn write_batches(
     }
 }
 
-/// Pauses or resumes every assigned partition.
-fn set_paused(consumer: &Kafka, paused: bool) {
-    let result = consumer.assignment().and_then(|tpl| {
-        if paused {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
+/// How often the loop looks for partitions the broker left behind.
+const STALL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a partition may stay behind the high watermark without progress
+/// before it is rewound.
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// The reading half of the loop: records read but not yet handed to the
+/// writer, and the read positions.
+struct Reader {
+    consumer: Arc<Kafka>,
+    shared: Arc<Shared>,
+    /// Records read, oldest first, with the time each arrived.
+    pending: VecDeque<(Instant, Entry)>,
+    /// Whether the assigned partitions are paused.
+    paused: bool,
+    tracker: Tracker,
+}
+
+impl Reader {
+    /// Applies a rebalance the callbacks recorded: drops unstored records of
+    /// revoked partitions and learns where assigned ones start.
+    fn apply_rebalance(&mut self) {
+        let Some(news) = self.shared.take_rebalance() else {
+            return;
+        };
+        if !news.revoked.is_empty() {
+            let before = self.pending.len();
+            self.pending
+                .retain(|(_, e)| !news.revoked.contains(&e.partition));
+            tracing::debug!(
+                dropped = before - self.pending.len(),
+                "dropped unstored records of revoked partitions"
+            );
+            for p in &news.revoked {
+                self.tracker.revoke(*p);
+            }
         }
-    });
-    match result {
-        Ok(()) => {
-            gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
-            tracing::info!(paused, "consumption paused or resumed");
+        let now = Instant::now();
+        for (p, start) in news.starts {
+            self.tracker.assign(p, start, now);
         }
-        Err(err) => {
-            counter!(m::ERRORS, "kind" => kind::PAUSE).increment(1);
-            tracing::warn!(error = %err, paused, "pausing or resuming partitions failed");
+        if self.paused {
+            // A new assignment starts unpaused.
+            self.set_paused(true);
         }
+    }
+
+    fn on_record(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        match self.tracker.on_record(partition, offset, Instant::now()) {
+            Verdict::Accept => {}
+            Verdict::Skip => return,
+            Verdict::Rewind(to) => {
+                tracing::debug!(
+                    partition,
+                    offset,
+                    rewind_to = to,
+                    "the broker skipped records, rewinding"
+                );
+                self.seek(partition, to);
+                return;
+            }
+            Verdict::AcceptGap { from } => {
+                tracing::warn!(
+                    partition,
+                    from,
+                    to = offset,
+                    "offsets missing from the partition, carrying on"
+                );
+            }
+        }
+        let entry = batch::decode(partition, offset, key, payload);
+        if let Body::Dead(dead) = &entry.body {
+            counter!(m::POISON).increment(1);
+            self.shared.poison.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(partition, offset, error = %dead.error, "poison record, storing it as a dead letter");
+        }
+        self.pending.push_back((Instant::now(), entry));
+    }
+
+    /// Rewinds partitions the broker left behind its high watermark.
+    fn check_stalls(&mut self) {
+        if self.paused {
+            return;
+        }
+        let shared = &self.shared;
+        let stalled = self
+            .tracker
+            .stalled(|p| shared.high(p), STALL_AFTER, Instant::now());
+        for (p, to) in stalled {
+            tracing::debug!(
+                partition = p,
+                rewind_to = to,
+                "partition stalled behind the high watermark, rewinding"
+            );
+            self.seek(p, to);
+        }
+    }
+
+    fn seek(&self, partition: i32, offset: i64) {
+        counter!(m::REWINDS).increment(1);
+        if let Err(err) = self.consumer.seek(
+            &self.shared.topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(1),
+        ) {
+            counter!(m::ERRORS, "kind" => kind::SEEK).increment(1);
+            tracing::warn!(partition, offset, error = %err, "seek failed");
+        }
+    }
+
+    /// Pauses or resumes every assigned partition.
+    fn set_paused(&mut self, paused: bool) {
+        let consumer = &self.consumer;
+        let result = consumer.assignment().and_then(|tpl| {
+            if paused {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            }
+        });
+        self.paused = paused;
+        gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
+        if !paused {
+            self.tracker.touch_all(Instant::now());
+        }
+        match result {
+            Ok(()) => tracing::debug!(paused, "consumption paused or resumed"),
+            Err(err) => {
+                counter!(m::ERRORS, "kind" => kind::PAUSE).increment(1);
+                tracing::warn!(error = %err, paused, "pausing or resuming partitions failed");
+            }
+        }
+    }
+}
+
+/// The error for a writer that stopped while the loop still ran.
+fn writer_stopped(exit: Result<WriterExit, tokio::task::JoinError>) -> PersisterError {
+    match exit {
+        Ok(WriterExit::Crashed) => PersisterError::InjectedCrash,
+        Ok(WriterExit::Done) => PersisterError::WriterStopped("its channel closed".into()),
+        Err(err) => PersisterError::WriterStopped(err.to_string()),
     }
 }
 
@@ -430,26 +612,21 @@ pub(crate) async fn consume(
         config.retry_max,
         config.crash_after_db_commits,
     ));
-    let mut pending: VecDeque<(Instant, Entry)> = VecDeque::new();
-    let mut paused = false;
+    let mut reader = Reader {
+        consumer: consumer.clone(),
+        shared: shared.clone(),
+        pending: VecDeque::new(),
+        paused: false,
+        tracker: Tracker::default(),
+    };
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stall_tick = tokio::time::interval(STALL_CHECK_INTERVAL);
+    stall_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
-        if let Some(revoked) = shared.take_rebalance() {
-            if !revoked.is_empty() {
-                let before = pending.len();
-                pending.retain(|(_, e)| !revoked.contains(&e.partition));
-                tracing::debug!(
-                    dropped = before - pending.len(),
-                    "dropped unstored records of revoked partitions"
-                );
-            }
-            if paused {
-                // A new assignment starts unpaused.
-                set_paused(&consumer, true);
-            }
-        }
+        reader.apply_rebalance();
+        let pending = &reader.pending;
         let ready = pending.len() >= batch_size
             || pending
                 .front()
@@ -459,51 +636,34 @@ pub(crate) async fn consume(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            exit = &mut writer => {
-                return match exit {
-                    Ok(WriterExit::Crashed) => Err(PersisterError::InjectedCrash),
-                    Ok(WriterExit::Done) => Err(PersisterError::WriterStopped("channel closed".into())),
-                    Err(err) => Err(PersisterError::WriterStopped(err.to_string())),
-                };
-            }
+            exit = &mut writer => return Err(writer_stopped(exit)),
             () = shared.commit_wanted.notified() => {
                 commit(&*consumer, &shared, &shared.uncommitted(None), CommitMode::Async);
             }
             permit = batch_tx.reserve(), if ready => {
                 let Ok(permit) = permit else {
-                    return Err(PersisterError::WriterStopped("channel closed".into()));
+                    // The writer stopped; its exit says why.
+                    return Err(writer_stopped((&mut writer).await));
                 };
-                let n = pending.len().min(batch_size);
-                permit.send(Batch::build(pending.drain(..n).map(|(_, e)| e)));
-                if paused && pending.len() <= batch_size {
-                    set_paused(&consumer, false);
-                    paused = false;
+                let n = reader.pending.len().min(batch_size);
+                permit.send(Batch::build(reader.pending.drain(..n).map(|(_, e)| e)));
+                if reader.paused && reader.pending.len() <= batch_size {
+                    reader.set_paused(false);
                 }
             }
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if !ready && deadline.is_some() => {}
             _ = commit_tick.tick() => {
                 commit(&*consumer, &shared, &shared.uncommitted(None), CommitMode::Async);
             }
+            _ = stall_tick.tick() => reader.check_stalls(),
             msg = consumer.recv() => match msg {
                 Ok(msg) => {
-                    // Callbacks run inside recv(): drop what a revoke made
-                    // stale before adding a record of the new assignment.
-                    if let Some(revoked) = shared.take_rebalance() {
-                        pending.retain(|(_, e)| !revoked.contains(&e.partition));
-                        if paused {
-                            set_paused(&consumer, true);
-                        }
-                    }
-                    let entry = batch::decode(msg.partition(), msg.offset(), msg.key(), msg.payload());
-                    if let Body::Dead(dead) = &entry.body {
-                        counter!(m::POISON).increment(1);
-                        shared.poison.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(partition = entry.partition, offset = entry.offset, error = %dead.error, "poison record, storing it as a dead letter");
-                    }
-                    pending.push_back((Instant::now(), entry));
-                    if !paused && pending.len() >= high_water {
-                        set_paused(&consumer, true);
-                        paused = true;
+                    // Callbacks run inside recv(): apply a rebalance before
+                    // adding a record of the new assignment.
+                    reader.apply_rebalance();
+                    reader.on_record(msg.partition(), msg.offset(), msg.key(), msg.payload());
+                    if !reader.paused && reader.pending.len() >= high_water {
+                        reader.set_paused(true);
                     }
                 }
                 Err(err) => {
@@ -513,15 +673,14 @@ pub(crate) async fn consume(
             },
         }
     }
+    reader.apply_rebalance();
+    let mut pending = reader.pending;
 
     // Shutdown: read nothing more, store what was read, commit, leave.
     tracing::info!(
         pending = pending.len(),
         "stopping: storing what was read and committing"
     );
-    if let Some(revoked) = shared.take_rebalance() {
-        pending.retain(|(_, e)| !revoked.contains(&e.partition));
-    }
     let drain = async {
         while !pending.is_empty() {
             let n = pending.len().min(batch_size);
@@ -575,8 +734,8 @@ pub(crate) async fn measure_lag(
             _ = tick.tick() => {}
         }
         let parts = shared.assigned();
-        let (c, topic) = (consumer.clone(), shared.topic.clone());
-        let lags = tokio::task::spawn_blocking(move || lag_of(&c, &topic, &parts)).await;
+        let (c, s) = (consumer.clone(), shared.clone());
+        let lags = tokio::task::spawn_blocking(move || lag_of(&c, &s, &parts)).await;
         match lags {
             Ok(Ok(lags)) => {
                 let now: BTreeSet<i32> = lags.iter().map(|(p, _)| *p).collect();
@@ -598,11 +757,12 @@ pub(crate) async fn measure_lag(
 }
 
 /// Lag per partition: the end of the partition minus the group's committed
-/// offset. The end is the larger of the broker's high watermark and this
-/// consumer's position, because tansu answers ListOffsets(latest) with one
+/// offset. The end is the largest of the broker's high watermark, the one in
+/// the last fetch response and this consumer's position, because tansu answers ListOffsets(latest) with one
 /// past the *first* offset of the last record batch rather than one past its
 /// last record; the position corrects that once the consumer has caught up.
-fn lag_of(consumer: &Kafka, topic: &str, parts: &[i32]) -> KafkaResult<Vec<(i32, i64)>> {
+fn lag_of(consumer: &Kafka, shared: &Shared, parts: &[i32]) -> KafkaResult<Vec<(i32, i64)>> {
+    let topic = shared.topic.as_str();
     if parts.is_empty() {
         return Ok(Vec::new());
     }
@@ -622,7 +782,9 @@ fn lag_of(consumer: &Kafka, topic: &str, parts: &[i32]) -> KafkaResult<Vec<(i32,
     let mut lags = Vec::with_capacity(parts.len());
     for &p in parts {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let end = high.max(offset_of(&position, p).unwrap_or(high));
+        let end = high
+            .max(offset_of(&position, p).unwrap_or(high))
+            .max(shared.high(p).unwrap_or(high));
         let done = offset_of(&committed, p).unwrap_or(low);
         lags.push((p, (end - done).max(0)));
     }

@@ -23,6 +23,8 @@ pub(crate) const PUBLISH_TO_PERSIST: &str = "confab_persister_publish_to_persist
 pub(crate) const DATABASE_UP: &str = "confab_persister_database_up";
 /// 1 while consumption is paused because writes fall behind.
 pub(crate) const PAUSED: &str = "confab_persister_paused";
+/// Seeks back after the broker skipped records (see `gap`).
+pub(crate) const REWINDS: &str = "confab_persister_rewinds_total";
 /// Offset commits sent to the broker.
 pub(crate) const COMMITS: &str = "confab_persister_offset_commits_total";
 
@@ -40,6 +42,8 @@ pub(crate) mod kind {
     pub(crate) const LAG: &str = "lag";
     /// Pausing or resuming partitions failed.
     pub(crate) const PAUSE: &str = "pause";
+    /// Seeking a partition back failed.
+    pub(crate) const SEEK: &str = "seek";
 
     pub(crate) const ALL: [&str; 6] = [
         DATABASE,
@@ -54,7 +58,7 @@ pub(crate) mod kind {
 /// Describes every metric and sets the counters to zero, so that they are
 /// exported before the first event. Safe to call more than once.
 pub(crate) fn describe() {
-    for name in [PERSISTED, DUPLICATES, POISON, COMMITS] {
+    for name in [PERSISTED, DUPLICATES, POISON, COMMITS, REWINDS] {
         counter!(name).increment(0);
     }
     for k in kind::ALL {
@@ -98,4 +102,9 @@ pub(crate) fn describe() {
         "1 while consumption is paused because writes fall behind"
     );
     describe_counter!(COMMITS, Unit::Count, "Offset commits sent to the broker");
+    describe_counter!(
+        REWINDS,
+        Unit::Count,
+        "Seeks back because the broker skipped records or a partition stalled"
+    );
 }
