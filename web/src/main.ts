@@ -290,7 +290,7 @@ class App {
     const s = this.session!;
     this.connDot = h('span', { class: 'conn-dot', role: 'img', 'data-state': 'connecting', 'aria-label': 'Connection: connecting' });
     this.banner = h('div', { class: 'banner', role: 'alert', hidden: true });
-    this.roomList = h('ul', { class: 'room-list', 'aria-label': 'Rooms' });
+    this.roomList = h('ul', { class: 'room-list', 'aria-label': 'Room list' });
     this.roomListStatus = h('p', { class: 'muted', role: 'status' }, 'Loading rooms…');
     this.content = h('main', { class: 'content', id: 'content' });
     this.shell = h(
