@@ -38,7 +38,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A failed attempt to store a batch.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
-    #[error("connecting to PostgreSQL: {0}")]
+    #[error("connecting to PostgreSQL: {}", describe_db(.0))]
     Connect(#[from] DbError),
     #[error("{}", describe_pg(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -51,7 +51,17 @@ pub(crate) enum StoreError {
 fn describe_pg(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => err.to_string(),
+        None => match std::error::Error::source(err) {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        },
+    }
+}
+
+fn describe_db(err: &DbError) -> String {
+    match err {
+        DbError::Postgres(e) => describe_pg(e),
+        other => other.to_string(),
     }
 }
 
