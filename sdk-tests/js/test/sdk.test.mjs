@@ -4,6 +4,8 @@
 // history, invalid publish, subscribe without a valid token (103) and membership events.
 
 import { test, after } from 'node:test';
+import { spawn } from 'node:child_process';
+import net from 'node:net';
 import assert from 'node:assert/strict';
 import {
   api, registerUser, createRoom, joinRoom, subscriptionToken, mintAccess, mintSub, forgedSecret,
@@ -580,10 +582,46 @@ test('6e. server pings keep an idle connection up; unrefreshed tokens are enforc
   assert.ok(staleEnd.at - stale.events.find((e) => e.ev === 'connected').at >= 2000, 'not closed before the token expired');
 });
 
-// A second gateway process behind the same broker (optional: set CONFAB_WS_URL_2).
+// A second gateway process behind the same broker: CONFAB_WS_URL_2, or one of our own
+// started from CONFAB_GATEWAY_BIN (with KAFKA_BROKERS and the other settings in the
+// environment, as `sdk-tests/run` exports them from .dev/env).
 const WS2 = process.env.CONFAB_WS_URL_2;
+const GATEWAY_BIN = process.env.CONFAB_GATEWAY_BIN;
 
-test('two gateways: same offsets and epoch; a position from one recovers on the other', { ...T, skip: WS2 ? false : 'CONFAB_WS_URL_2 not set' }, async () => {
+const freePort = () => new Promise((resolve) => {
+  const srv = net.createServer();
+  srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+});
+
+/** Starts our own gateway on a free port; {url, start(), stop()} (start again after stop). */
+async function ownGateway() {
+  const port = await freePort();
+  const children = [];
+  const g = {
+    url: `ws://127.0.0.1:${port}/connection/websocket`,
+    async start() {
+      const child = spawn(GATEWAY_BIN, [], { env: { ...process.env, CONFAB_GATEWAY_ADDR: `127.0.0.1:${port}` }, stdio: 'ignore' });
+      children.push(child);
+      g.child = child;
+      for (let i = 0; i < 150; i++) {
+        try { if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return; } catch { /* not yet */ }
+        await sleep(100);
+      }
+      throw new Error('own gateway did not become healthy');
+    },
+    stopAll() { for (const c of children) c.kill('SIGTERM'); },
+  };
+  await g.start();
+  return g;
+}
+
+test('two gateways: same offsets and epoch; a position from one recovers on the other', { ...T, skip: WS2 || GATEWAY_BIN ? false : 'neither CONFAB_WS_URL_2 nor CONFAB_GATEWAY_BIN set' }, async (t) => {
+  let ws2 = WS2;
+  if (!ws2) {
+    const g = await ownGateway();
+    t.after(() => g.stopAll());
+    ws2 = g.url;
+  }
   const a = await registerUser('js2gwa');
   const b = await registerUser('js2gwb');
   const room = await createRoom(a);
@@ -592,7 +630,7 @@ test('two gateways: same offsets and epoch; a position from one recovers on the 
   await connect(c1);
   const s1 = newSub(c1, a, room);
   const x1 = await subscribe(c1, s1);
-  const c2 = newClient(b, { wsUrl: WS2 });
+  const c2 = newClient(b, { wsUrl: ws2 });
   await connect(c2);
   const s2 = newSub(c2, b, room);
   const x2 = await subscribe(c2, s2);
@@ -602,7 +640,7 @@ test('two gateways: same offsets and epoch; a position from one recovers on the 
   assert.deepEqual(chat(s1.pubs).map((p) => [p.offset, p.data.text, p.info.user]), chat(s2.pubs).map((p) => [p.offset, p.data.text, p.info.user]));
   // A client that saw g0 on gateway 1 continues on gateway 2 from that position.
   const g0 = chat(s1.pubs)[0];
-  const c3 = newClient(a, { wsUrl: WS2 });
+  const c3 = newClient(a, { wsUrl: ws2 });
   await connect(c3);
   const s3 = newSub(c3, a, room, { since: { offset: g0.offset, epoch: x1.streamPosition.epoch } });
   const x3 = await subscribe(c3, s3);
@@ -613,4 +651,41 @@ test('two gateways: same offsets and epoch; a position from one recovers on the 
   const p1 = await s1.sub.presenceStats();
   const p2 = await s2.sub.presenceStats();
   console.log(`presence_stats on gateway 1: ${JSON.stringify(p1)}, on gateway 2: ${JSON.stringify(p2)} (3 clients subscribed across both)`);
+});
+
+test('gateway SIGTERM: the SDK is told to reconnect, and recovers on the restarted gateway', { ...T, skip: GATEWAY_BIN ? false : 'CONFAB_GATEWAY_BIN not set' }, async () => {
+  const g = await ownGateway();
+  const url = g.url;
+  try {
+    let gw = g.child;
+    const a = await registerUser('jsterm');
+    const b = await registerUser('jstermp');
+    const room = await createRoom(a);
+    await joinRoom(b, room);
+    const cl = newClient(a, { wsUrl: url });
+    await connect(cl);
+    const rec = newSub(cl, a, room);
+    await subscribe(cl, rec);
+    const pc = newClient(b); // on the stack's gateway
+    await connect(pc);
+    const prec = newSub(pc, b, room);
+    await subscribe(pc, prec);
+    await prec.sub.publish({ text: 'one' });
+    await waitFor(() => chat(rec.pubs).length >= 1);
+
+    const n0 = cl.events.length;
+    gw.kill('SIGTERM');
+    await waitFor(() => cl.frames.some((f) => f.dir === 'close') && cl.events.length > n0, 15000, () => dumpFrames(cl.frames, 5));
+    const close = cl.frames.find((f) => f.dir === 'close');
+    const ev = cl.events.slice(n0).find((e) => e.ev === 'connecting' || e.ev === 'disconnected');
+    assert.equal(ev.ev, 'connecting', `the SDK reconnects after a shutdown close (code ${close.code} "${close.reason}")`);
+    for (let i = 0; i < 3; i++) await prec.sub.publish({ text: `while down ${i}` });
+    await g.start();
+    await waitFor(() => rec.subscribed.length >= 2, 20000, () => dumpFrames(cl.frames, 6));
+    assert.equal(rec.subscribed.at(-1).recovered, true);
+    await waitFor(() => chat(rec.pubs).length >= 4, 10000);
+    assert.deepEqual(chat(rec.pubs).map((x) => x.data.text), ['one', 'while down 0', 'while down 1', 'while down 2']);
+  } finally {
+    g.stopAll();
+  }
 });
