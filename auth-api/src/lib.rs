@@ -360,6 +360,11 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let state = AppState::new(&config)?;
     confab_common::telemetry::spawn_metrics_upkeep(state.0.metrics.clone());
+    // Compute the dummy hash now, so the first login of an unknown user takes
+    // no longer than any other.
+    tokio::task::spawn_blocking(|| {
+        password::dummy_hash();
+    });
     let events = state.events().clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-api listening");

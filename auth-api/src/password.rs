@@ -3,9 +3,12 @@
 //! Parameters are OWASP's minimum for Argon2id: 19 MiB of memory, two passes,
 //! one lane. Hashes are PHC strings, which carry their own parameters, so
 //! verification keeps working if the parameters are raised later. Hashing is
-//! CPU-heavy and runs on the blocking thread pool.
+//! CPU-heavy and runs on the blocking thread pool, at most [`max_concurrent`]
+//! at a time, so a burst of logins cannot take 19 MiB per blocking thread.
 
 use std::sync::OnceLock;
+
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -56,18 +59,37 @@ pub fn dummy_hash() -> &'static str {
     })
 }
 
+/// How many hashes run at once: twice the cores, at least 2.
+pub fn max_concurrent() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .max(2)
+}
+
+/// Runs `work` on the blocking pool once a hashing permit is free.
+async fn run_limited<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    let permits = PERMITS.get_or_init(|| Semaphore::new(max_concurrent()));
+    let _permit = permits.acquire().await.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)
+}
+
 /// Hashes a password on the blocking pool.
 pub async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .map_err(ApiError::internal)?
+    run_limited(move || hash_blocking(&password))
+        .await?
         .map_err(ApiError::internal)
 }
 
 /// Verifies a password on the blocking pool. With `phc = None` (no such user)
 /// it verifies against [`dummy_hash`] and returns false, taking the same time.
 pub async fn verify(password: String, phc: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || match phc {
+    run_limited(move || match phc {
         Some(phc) => verify_blocking(&password, &phc),
         None => {
             let _ = verify_blocking(&password, dummy_hash());
@@ -75,7 +97,6 @@ pub async fn verify(password: String, phc: Option<String>) -> Result<bool, ApiEr
         }
     })
     .await
-    .map_err(ApiError::internal)
 }
 
 #[cfg(test)]

@@ -152,6 +152,43 @@ async fn bad_credentials_get_401_without_a_hint() {
     assert_eq!(bodies[0], bodies[2]);
 }
 
+/// Unknown users are verified against a dummy hash, so their failed logins
+/// cost as much as a wrong password. Without it they would answer in about a
+/// millisecond instead of an Argon2 verification's tens; the margin is wide.
+#[tokio::test]
+async fn unknown_user_logins_take_as_long_as_wrong_passwords() {
+    let h = Harness::new().await;
+    h.user("timed").await;
+    let time_login = |name: &'static str| {
+        let app = h.app.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let (status, _) = call(
+                &app,
+                Method::POST,
+                "/api/auth/login",
+                None,
+                Some(json!({"username": name, "password": "wrong-password"})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            started.elapsed()
+        }
+    };
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..3 {
+        known.push(time_login("timed").await);
+        unknown.push(time_login("missing").await);
+    }
+    let known = known.into_iter().min().unwrap();
+    let unknown = unknown.into_iter().min().unwrap();
+    assert!(
+        unknown * 2 >= known,
+        "unknown user {unknown:?} vs wrong password {known:?}"
+    );
+}
+
 #[tokio::test]
 async fn missing_forged_and_expired_tokens_get_401() {
     let h = Harness::new().await;
