@@ -208,6 +208,26 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// What clients see as a publication's offset is its Kafka offset plus this.
+///
+/// Zero keeps the fixed decision "the Kafka offset is the stream position".
+/// centrifuge-js and centrifuge-python treat an offset of 0 as "no
+/// position", so the first record of each partition (Kafka offset 0) has no
+/// usable position for them. Setting this to 1 ("next offset" semantics, as
+/// Kafka commits) removes that corner; the persister must then store the same
+/// shifted value in `messages.stream_offset` so REST history keeps agreeing.
+pub const OFFSET_SHIFT: i64 = 0;
+
+/// A client position (wire offset) as the Kafka offset it covers up to.
+fn from_wire(offset: u64) -> i64 {
+    (offset.min(i64::MAX as u64) as i64) - OFFSET_SHIFT
+}
+
+/// A Kafka offset as the wire offset clients see.
+fn to_wire(offset: i64) -> u64 {
+    (offset + OFFSET_SHIFT).max(0) as u64
+}
+
 /// Kafka's murmur2 (as in the Java client and librdkafka's `murmur2`
 /// partitioners).
 pub fn murmur2(data: &[u8]) -> u32 {
@@ -343,7 +363,7 @@ impl Hub {
         let now = now_ms();
         let info =
             protocol::encode_client_info(&record.user.id.to_string(), "", &record.user.username);
-        let publication = protocol::encode_publication(record.data.get(), &info, offset as u64);
+        let publication = protocol::encode_publication(record.data.get(), &info, to_wire(offset));
         {
             let mut shard = self.shard(record.room_id);
             let room = shard
@@ -452,7 +472,7 @@ impl Hub {
         };
         if let Some((offset, epoch)) = recover {
             out.was_recovering = true;
-            let since = offset.min(i64::MAX as u64) as i64;
+            let since = from_wire(offset);
             let floor = part.floor.load(Ordering::Acquire).max(room.evicted);
             let epoch_ok = epoch.is_empty() || epoch == self.config.epoch;
             if epoch_ok && since >= floor {
@@ -473,7 +493,7 @@ impl Hub {
                 }
             }
         }
-        out.offset = position.max(0) as u64;
+        out.offset = to_wire(position);
         room.subs.insert(
             out.sub_id,
             Sub {
@@ -600,7 +620,7 @@ impl Hub {
             .or_insert_with(|| Room::new(room_id, partition));
         room.expire(self.config.history_size, self.config.history_ttl_ms, now);
         let part = &self.partitions[room.partition];
-        let position = part.top.load(Ordering::Acquire).max(room.last()).max(0) as u64;
+        let position = to_wire(part.top.load(Ordering::Acquire).max(room.last()));
         let take = if limit < 0 {
             usize::MAX
         } else {
@@ -627,7 +647,7 @@ impl Hub {
                 if !epoch.is_empty() && epoch != self.config.epoch {
                     return Err(protocol::ProtoError::UNRECOVERABLE_POSITION);
                 }
-                let since = offset.min(i64::MAX as u64) as i64;
+                let since = from_wire(offset);
                 let floor = part.floor.load(Ordering::Acquire).max(room.evicted);
                 if reverse {
                     room.window
