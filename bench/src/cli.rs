@@ -49,8 +49,9 @@ pub struct Common {
     /// Users to register (connections share them); 0 picks one per room, at most 20.
     #[arg(long, global = true, default_value_t = 0)]
     pub users: usize,
-    /// Source addresses to connect from (repeatable). Default: 127.0.0.1, .2, ...
-    /// one per 25,000 connections when the gateway is on loopback.
+    /// Source addresses to connect from (repeatable), with explicit ports.
+    /// Default: the kernel's choice up to 20,000 connections, beyond that
+    /// 127.0.0.2, .3, ... one per 20,000 when the gateway is on loopback.
     #[arg(long = "source-addr", global = true)]
     pub source_addrs: Vec<IpAddr>,
     /// Force this many 127.0.0.x source addresses (0: automatic).

@@ -653,6 +653,8 @@ pub async fn persist(
         offered_rate_per_sec: rate,
         publishers: 1,
         publishes_sent: c.publishes_sent.load(Ordering::Relaxed),
+        sent_rate_per_sec: c.publishes_sent.load(Ordering::Relaxed) as f64
+            / duration.as_secs_f64().max(1e-9),
         acks: c.acks.load(Ordering::Relaxed),
         publish_errors: c.publish_errors.load(Ordering::Relaxed),
         deliveries: c.deliveries.load(Ordering::Relaxed),

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-/// Connections per source address before another 127.0.0.x is used; the
-/// default ephemeral port range (32768–60999) holds about 28,000.
-pub const CONNS_PER_SOURCE: usize = 25_000;
+/// Connections per source address before another 127.0.0.x is used. The
+/// kernel's own choice (no bind) is used up to this many; beyond it the bench
+/// binds explicit ports on 127.0.0.2, .3, ... (leaving 127.0.0.1's ephemeral
+/// ports to everything else on the machine).
+pub const CONNS_PER_SOURCE: usize = 20_000;
 
 /// Raises `RLIMIT_NOFILE` so that `want` descriptors fit: the soft limit to
 /// the hard one, and the hard one too when allowed (root). Returns the new
@@ -133,7 +135,7 @@ pub fn gateway_pid(given: Option<u32>, file: Option<&Path>) -> anyhow::Result<u3
 }
 
 /// The source addresses for `conns` connections to `target`: none (let the
-/// kernel choose) when one address is enough, else 127.0.0.1, .2, ... for a
+/// kernel choose) when one address is enough, else 127.0.0.2, .3, ... for a
 /// loopback target. `explicit` overrides; `count` > 0 forces a number.
 pub fn source_addrs(
     conns: usize,
@@ -156,8 +158,8 @@ pub fn source_addrs(
         target.is_loopback(),
         "{conns} connections need {n} source addresses; pass --source-addr for non-loopback target {target}"
     );
-    anyhow::ensure!(n <= 254, "at most 254 source addresses");
-    Ok((1..=n as u8)
+    anyhow::ensure!(n <= 253, "at most 253 source addresses");
+    Ok((2..=n as u8 + 1)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
         .collect())
 }
@@ -205,9 +207,11 @@ mod tests {
     fn source_addresses_spread_beyond_one_port_range() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(source_addrs(10_000, lo, &[], 0).unwrap().is_empty());
+        assert!(source_addrs(20_000, lo, &[], 0).unwrap().is_empty());
         let s = source_addrs(50_000, lo, &[], 0).unwrap();
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[1], "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(s[2], "127.0.0.4".parse::<IpAddr>().unwrap());
         assert_eq!(source_addrs(10, lo, &[], 3).unwrap().len(), 3);
         let explicit: IpAddr = "127.0.0.9".parse().unwrap();
         assert_eq!(

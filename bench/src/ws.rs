@@ -117,6 +117,78 @@ pub fn check_upgrade_response(head: &str, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Explains bytes the server sent right after the upgrade, before any command.
+pub fn describe_early_frame(extra: &[u8]) -> String {
+    match extra {
+        [0x88, len, rest @ ..] if len & 0x7f >= 2 && rest.len() >= 2 => format!(
+            "server closed the connection right after the upgrade (close code {})",
+            u16::from_be_bytes([rest[0], rest[1]])
+        ),
+        [0x88, ..] => "server closed the connection right after the upgrade".to_owned(),
+        _ => format!(
+            "server sent {} bytes before the client's first command",
+            extra.len()
+        ),
+    }
+}
+
+/// The first port handed out for explicit source binds.
+const PORT_LO: u32 = 10_000;
+/// How many ports from `PORT_LO` are used (10000..=64999).
+const PORT_SPAN: u32 = 55_000;
+
+/// Next explicit source port per source address. Binding to port 0 makes the
+/// kernel search for a free port and, past about 14,000 bound sockets on one
+/// address, that search crawls (we measured the ramp falling from hundreds to
+/// ten connections per second); picking ports ourselves keeps bind O(1).
+static NEXT_PORT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn next_port(ip: IpAddr) -> u16 {
+    let mut m = NEXT_PORT.lock().unwrap_or_else(|p| p.into_inner());
+    let n = m.entry(ip).or_insert_with(|| {
+        let b = uuid::Uuid::new_v4();
+        let b = b.as_bytes();
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % PORT_SPAN
+    });
+    let port = PORT_LO + *n % PORT_SPAN;
+    *n = n.wrapping_add(1);
+    port as u16
+}
+
+/// Connects from `ip`, on the next free explicit port (ports taken by other
+/// sockets or processes are skipped).
+async fn connect_from(ip: IpAddr, addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+    let mut last = None;
+    for _ in 0..64 {
+        let port = next_port(ip);
+        let socket = if ip.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(SocketAddr::new(ip, port)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == AddrInUse => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding source address {ip}:{port}")),
+        }
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => last = Some(e),
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to {addr} from {ip}:{port}"))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(AddrInUse)))
+        .with_context(|| format!("no free source port on {ip} after 64 tries"))
+}
+
 /// The two halves of an open client connection.
 pub type WsRead = WebSocketRead<OwnedReadHalf>;
 /// The write half; shared behind a mutex by the reader (pongs) and publishers.
@@ -137,20 +209,20 @@ async fn open_inner(
     target: &WsTarget,
     source: Option<IpAddr>,
 ) -> anyhow::Result<(WsRead, WsWrite)> {
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+    let mut stream = match source {
+        Some(ip) => connect_from(ip, target.addr).await?,
+        None => {
+            let socket = if target.addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket
+                .connect(target.addr)
+                .await
+                .with_context(|| format!("connecting to {}", target.addr))?
+        }
     };
-    if let Some(ip) = source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("binding source address {ip}"))?;
-    }
-    let mut stream: TcpStream = socket
-        .connect(target.addr)
-        .await
-        .with_context(|| format!("connecting to {}", target.addr))?;
     stream.set_nodelay(true)?;
 
     let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes());
@@ -175,7 +247,8 @@ async fn open_inner(
     };
     ensure!(
         buf.len() == head_end + 4,
-        "server sent data before the client's first command"
+        "{}",
+        describe_early_frame(&buf[head_end + 4..])
     );
     let head = std::str::from_utf8(&buf[..head_end]).context("upgrade response is not UTF-8")?;
     check_upgrade_response(head, &key)?;
@@ -278,6 +351,36 @@ mod tests {
         let wrong = good.replace("s3pP", "AAAA");
         assert!(check_upgrade_response(&wrong, key).is_err());
         assert!(check_upgrade_response("HTTP/1.1 400 Bad Request\r\n", key).is_err());
+    }
+
+    #[test]
+    fn early_frames_are_explained() {
+        assert_eq!(
+            describe_early_frame(&[0x88, 0x02, 0x03, 0xf0]),
+            "server closed the connection right after the upgrade (close code 1008)"
+        );
+        assert!(describe_early_frame(&[0x88, 0x00]).contains("closed"));
+        assert!(describe_early_frame(&[0x81, 0x02, b'{', b'}']).contains("4 bytes"));
+    }
+
+    #[test]
+    fn explicit_source_ports_advance_and_stay_in_range() {
+        let ip: IpAddr = "127.0.0.77".parse().unwrap();
+        let a = next_port(ip) as u32;
+        let b = next_port(ip) as u32;
+        assert!((PORT_LO..PORT_LO + PORT_SPAN).contains(&a));
+        assert!(b == a + 1 || (a == PORT_LO + PORT_SPAN - 1 && b == PORT_LO));
+    }
+
+    #[tokio::test]
+    async fn connects_from_a_chosen_loopback_address() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let src: IpAddr = "127.0.0.3".parse().unwrap();
+        let s = connect_from(src, addr).await.unwrap();
+        let (_, peer) = l.accept().await.unwrap();
+        assert_eq!(s.local_addr().unwrap().ip(), src);
+        assert_eq!(peer.ip(), src);
     }
 
     #[test]
