@@ -88,6 +88,18 @@ test('1-3. connect and subscribe with getToken; publish and receive (publisher i
   // partition: Kafka offset 0, which centrifuge-js treats as "no offset" (hasOffset: > 0).
   const h = await a.rec.sub.history({ limit: 100 });
   for (const p of h.publications) assert.ok(p.offset > 0, `history publication without a positive offset: ${JSON.stringify(p)}`);
+
+  // Within a short time REST history has every publication with the same offset and data.
+  const live = chat(a.rec.pubs);
+  let rest = [];
+  for (let i = 0; i < 100; i++) {
+    const { json } = await api('GET', `/api/rooms/${room.id}/messages?limit=200`, { token: a.u.token, expect: 200 });
+    rest = json.messages.filter((m) => m.kind === 'message').reverse();
+    if (rest.length >= live.length) break;
+    await sleep(100);
+  }
+  assert.deepEqual(rest.map((m) => [m.offset, m.data, m.user.id, m.room_id]),
+    live.map((p, i) => [p.offset, p.data, sent[i][0].u.user.id, room.id]), 'REST history matches what the SDK delivered');
 });
 
 test('extra fields in data are delivered exactly as sent', T, async () => {

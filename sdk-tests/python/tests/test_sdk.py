@@ -98,6 +98,18 @@ async def test_connect_subscribe_publish_receive():
     h = await sa.sub.history(limit=100)
     assert all(p.offset > 0 for p in h.publications), [(p.offset, p.data) for p in h.publications]
 
+    # Within a short time REST history has every publication with the same offset and data.
+    live = chat(sa.pubs)
+    rest = []
+    for _ in range(100):
+        _, body = await api("GET", f"/api/rooms/{room['id']}/messages?limit=200", token=ca.user.token, expect=200)
+        rest = [m for m in reversed(body["messages"]) if m["kind"] == "message"]
+        if len(rest) >= len(live):
+            break
+        await asyncio.sleep(0.1)
+    assert [(m["offset"], m["data"], m["user"]["id"]) for m in rest] == [
+        (p.offset, p.data, sent[i][0].user.id) for i, p in enumerate(live)]
+
 
 async def test_extra_fields_delivered_exactly():
     room, members = await room_with(2)
