@@ -649,7 +649,8 @@ test('two gateways: same offsets and epoch; a position from one recovers on the 
   assert.equal(x1.streamPosition.epoch, x2.streamPosition.epoch, 'same epoch on both gateways');
   for (let i = 0; i < 4; i++) await (i % 2 ? s2 : s1).sub.publish({ text: `g${i}` });
   for (const r of [s1, s2]) await waitFor(() => chat(r.pubs).length >= 4, 10000, () => dumpFrames(c1.frames) + '\n' + dumpFrames(c2.frames));
-  assert.deepEqual(chat(s1.pubs).map((p) => [p.offset, p.data.text, p.info.user]), chat(s2.pubs).map((p) => [p.offset, p.data.text, p.info.user]));
+  assert.deepEqual(chat(s1.pubs).map((p) => [p.offset, p.data.text, p.info.user]), chat(s2.pubs).map((p) => [p.offset, p.data.text, p.info.user]),
+    'both gateways give the same offsets (if not: is the stack\'s gateway the same build as CONFAB_GATEWAY_BIN?)');
   // A client that saw g0 on gateway 1 continues on gateway 2 from that position.
   const g0 = chat(s1.pubs)[0];
   const c3 = newClient(a, { wsUrl: ws2 });
