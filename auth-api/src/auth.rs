@@ -120,7 +120,7 @@ pub async fn login(
     // Key by the lowercased name (usernames are unique regardless of case),
     // bounded so that junk names cannot grow keys without limit.
     let name_key: String = body.username.to_lowercase().chars().take(64).collect();
-    state.check_rate("login", &name_key, ip)?;
+    let ticket = state.check_rate("login", &name_key, ip)?;
 
     let row = if valid_username(&body.username) {
         let conn = state.db().await?;
@@ -145,7 +145,10 @@ pub async fn login(
     // Unknown users are verified against a dummy hash: same time, no hint.
     let ok = password::verify(body.password, phc).await?;
     match user {
-        Some(user) if ok => Ok(Json(issue(&state, user)?)),
+        Some(user) if ok => {
+            state.refund(ticket);
+            Ok(Json(issue(&state, user)?))
+        }
         _ => Err(ApiError::client(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",

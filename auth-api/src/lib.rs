@@ -75,9 +75,12 @@ pub struct Config {
     /// (`CONFAB_TRUST_PROXY`, default false). Only safe behind a proxy that
     /// sets it.
     pub trust_proxy: bool,
-    /// Login and join-by-password attempts per user (`CONFAB_RATE_LIMIT_USER_BURST`, default 10).
+    /// Failed login and join-by-password attempts per user and window
+    /// (`CONFAB_RATE_LIMIT_USER_BURST`, default 10; window
+    /// `CONFAB_RATE_LIMIT_WINDOW_SECS`, default 60).
     pub rate_user: Quota,
-    /// Login and join-by-password attempts per client address (`CONFAB_RATE_LIMIT_IP_BURST`, default 100).
+    /// Failed attempts per client address and window
+    /// (`CONFAB_RATE_LIMIT_IP_BURST`, default 100).
     pub rate_ip: Quota,
 }
 
@@ -186,30 +189,47 @@ impl AppState {
     }
 
     /// Takes one `scope` attempt (`login`, `join`) for `user` and `ip`, or
-    /// fails with 429.
+    /// fails with 429. Pass the ticket to [`AppState::refund`] when the
+    /// attempt succeeds.
     pub(crate) fn check_rate(
         &self,
-        scope: &str,
+        scope: &'static str,
         user: &str,
         ip: Option<IpAddr>,
-    ) -> Result<(), ApiError> {
-        let user_key = format!("{scope}:user:{user}");
-        let ip_key = match ip {
-            Some(ip) => format!("{scope}:ip:{ip}"),
-            None => format!("{scope}:ip:unknown"),
+    ) -> Result<RateTicket, ApiError> {
+        let ticket = RateTicket {
+            user_key: format!("{scope}:user:{user}"),
+            ip_key: match ip {
+                Some(ip) => format!("{scope}:ip:{ip}"),
+                None => format!("{scope}:ip:unknown"),
+            },
         };
-        if self
-            .0
-            .limiter
-            .try_acquire(&[(&user_key, self.0.rate_user), (&ip_key, self.0.rate_ip)])
-        {
-            Ok(())
+        if self.0.limiter.try_acquire(&self.rate_keys(&ticket)) {
+            Ok(ticket)
         } else {
-            metrics::counter!("confab_api_rate_limited_total", "scope" => scope.to_owned())
-                .increment(1);
+            metrics::counter!("confab_api_rate_limited_total", "scope" => scope).increment(1);
             Err(ApiError::rate_limited())
         }
     }
+
+    /// Gives back a successful attempt's tokens: only failures count.
+    pub(crate) fn refund(&self, ticket: RateTicket) {
+        self.0.limiter.refund(&self.rate_keys(&ticket));
+    }
+
+    fn rate_keys<'a>(&self, ticket: &'a RateTicket) -> [(&'a str, Quota); 2] {
+        [
+            (&ticket.user_key, self.0.rate_user),
+            (&ticket.ip_key, self.0.rate_ip),
+        ]
+    }
+}
+
+/// The buckets one rate-limited attempt drew from.
+#[derive(Debug)]
+pub(crate) struct RateTicket {
+    user_key: String,
+    ip_key: String,
 }
 
 fn describe_metrics() {

@@ -3,7 +3,9 @@
 //! Each key (`login:user:<name>`, `login:ip:<addr>`, ...) owns a bucket of
 //! `burst` tokens that refills evenly over `window`; each key names its own
 //! [`Quota`]. Every attempt takes one token from the user's bucket and one
-//! from the address's bucket; an empty bucket means 429.
+//! from the address's bucket; an empty bucket means 429. A successful attempt
+//! gets its tokens back, so only failures count: legitimate users are never
+//! slowed, and guessing is capped even when attempts run in parallel.
 //! Buckets live in one process, which suits a single auth-api instance; several
 //! instances would each allow the limit.
 
@@ -61,6 +63,20 @@ impl RateLimiter {
     /// false (and takes nothing) when any bucket is empty.
     pub fn try_acquire(&self, keys: &[(&str, Quota)]) -> bool {
         self.try_acquire_at(keys, Instant::now())
+    }
+
+    /// Gives back the tokens of an attempt that turned out legitimate (a
+    /// successful login), so that only failures use up the quota.
+    pub fn refund(&self, keys: &[(&str, Quota)]) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, quota) in keys {
+            if let Some(bucket) = buckets.get_mut(*key) {
+                let mut refreshed = quota.refreshed(*bucket, now);
+                refreshed.tokens = (refreshed.tokens + 1.0).min(f64::from(quota.burst));
+                *bucket = refreshed;
+            }
+        }
     }
 
     fn try_acquire_at(&self, keys: &[(&str, Quota)], now: Instant) -> bool {
@@ -131,6 +147,25 @@ mod tests {
         // user:x has a token but ip:1 does not; user:x must keep its token.
         assert!(!l.try_acquire_at(&[("user:x", q(1)), ("ip:1", q(1))], t0));
         assert!(l.try_acquire_at(&[("user:x", q(1)), ("ip:9", q(1))], t0));
+    }
+
+    #[test]
+    fn refunds_restore_one_token_up_to_the_burst() {
+        let l = RateLimiter::new();
+        let keys = [("user:a", q(2))];
+        assert!(l.try_acquire(&keys));
+        assert!(l.try_acquire(&keys));
+        assert!(!l.try_acquire(&keys));
+        l.refund(&keys);
+        assert!(l.try_acquire(&keys));
+        assert!(!l.try_acquire(&keys));
+        // Refunds never exceed the burst.
+        l.refund(&keys);
+        l.refund(&keys);
+        l.refund(&keys);
+        assert!(l.try_acquire(&keys));
+        assert!(l.try_acquire(&keys));
+        assert!(!l.try_acquire(&keys));
     }
 
     #[test]

@@ -367,7 +367,7 @@ pub async fn join_room(
     match (&row.visibility, &row.password_hash) {
         (Visibility::Public, _) => {}
         (Visibility::Private, Some(phc)) => {
-            state.check_rate("join", &caller.id.to_string(), ip)?;
+            let ticket = state.check_rate("join", &caller.id.to_string(), ip)?;
             let given = body.password.unwrap_or_default();
             if given.is_empty() || !password::verify(given, Some(phc.clone())).await? {
                 return Err(ApiError::forbidden(
@@ -375,6 +375,7 @@ pub async fn join_room(
                     "wrong or missing room password",
                 ));
             }
+            state.refund(ticket);
         }
         (Visibility::Private, None) => {
             if !row.is_invited {

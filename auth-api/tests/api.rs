@@ -824,6 +824,28 @@ async fn membership_events_land_on_the_topic_in_order() {
 }
 
 #[tokio::test]
+async fn concurrent_joins_of_one_user_produce_one_event() {
+    let h = Harness::new().await;
+    let (_, a) = h.user("alice").await;
+    let (bob, b) = h.user("bob").await;
+    let id = h
+        .room(&a, json!({"name": "race", "visibility": "public"}))
+        .await;
+    let path = format!("/api/rooms/{id}/join");
+    let joins = (0..6).map(|_| call(&h.app, Method::POST, &path, Some(&b), None));
+    for (status, room) in futures::future::join_all(joins).await {
+        assert_eq!(status, StatusCode::OK, "{room}");
+        assert_eq!(room["member_count"], 2);
+    }
+    let records = read_room_records(&h.kafka, 1, id, 3, Duration::from_secs(6));
+    let bob_joins = records
+        .iter()
+        .filter(|(_, r)| r.user.id == bob && r.kind == RecordKind::MemberJoined)
+        .count();
+    assert_eq!(bob_joins, 1, "{records:?}");
+}
+
+#[tokio::test]
 async fn a_broker_outage_fails_membership_changes_instead_of_losing_events() {
     let h = Harness::new().await;
     let (_, a) = h.user("alice").await;
@@ -1340,6 +1362,18 @@ async fn bodies_over_64_kib_get_413() {
 async fn login_is_rate_limited_per_user() {
     let h = Harness::with(&[("CONFAB_RATE_LIMIT_USER_BURST", "3")]).await;
     h.user("dave").await;
+    // Successful logins do not use up the quota.
+    for _ in 0..5 {
+        let (status, _) = h
+            .call(
+                Method::POST,
+                "/api/auth/login",
+                None,
+                Some(json!({"username": "dave", "password": "password123"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
     let wrong = json!({"username": "dave", "password": "wrong-password"});
     for _ in 0..3 {
         let (status, _) = h
@@ -1568,7 +1602,7 @@ async fn serves_the_web_client_with_spa_fallback_or_a_placeholder() {
 }
 
 /// One HTTP/1.1 request over a real socket; returns the status code.
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> u16 {
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: String) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
@@ -1594,25 +1628,21 @@ async fn run_serves_on_a_socket_limits_by_peer_address_and_shuts_down() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(confab_auth_api::run(config, listener, shutdown.clone()));
 
-    assert_eq!(http(addr, "GET", "/healthz", "").await, 200);
+    assert_eq!(http(addr, "GET", "/healthz", String::new()).await, 200);
     let creds = |name: &str| format!(r#"{{"username":"{name}","password":"password123"}}"#);
     assert_eq!(
-        http(addr, "POST", "/api/auth/register", &creds("peer1")).await,
+        http(addr, "POST", "/api/auth/register", creds("peer1")).await,
         201
     );
-    assert_eq!(
-        http(addr, "POST", "/api/auth/login", &creds("peer1")).await,
-        200
-    );
-    assert_eq!(
-        http(addr, "POST", "/api/auth/login", &creds("peer2")).await,
-        401
-    );
-    // The peer address (127.0.0.1) has used its two attempts.
-    assert_eq!(
-        http(addr, "POST", "/api/auth/login", &creds("peer1")).await,
-        429
-    );
+    let login = |name: &'static str| http(addr, "POST", "/api/auth/login", creds(name));
+    // Successful logins do not count; failures do.
+    for _ in 0..3 {
+        assert_eq!(login("peer1").await, 200);
+    }
+    assert_eq!(login("peer2").await, 401);
+    assert_eq!(login("peer3").await, 401);
+    // The peer address (127.0.0.1) has used its two failures.
+    assert_eq!(login("peer1").await, 429);
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(15), server)
