@@ -56,3 +56,30 @@ impl Modify for BearerAuth {
     )
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_describes_bodies_and_auth() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let join = &doc["paths"]["/api/rooms/{id}/join"]["post"];
+        assert_ne!(
+            join["requestBody"]["required"], true,
+            "join body is optional"
+        );
+        assert_eq!(
+            doc["paths"]["/api/auth/register"]["post"]["requestBody"]["required"],
+            true
+        );
+        assert!(doc["paths"]["/api/auth/login"]["post"]["security"].is_null());
+        assert!(doc["paths"]["/api/me"]["get"]["security"].is_array());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let page = &doc["components"]["schemas"]["MessagePage"]["properties"];
+        assert_eq!(page["next_before"]["type"][1], "null");
+    }
+}

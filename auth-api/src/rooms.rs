@@ -337,7 +337,7 @@ pub async fn get_room(
     post, path = "/api/rooms/{id}/join", tag = "rooms",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Room id")),
-    request_body(content = JoinRoom, description = "Optional; `password` for password rooms"),
+    request_body(content = Option<JoinRoom>, description = "Optional; `password` for password rooms"),
     responses(
         (status = 200, description = "Member now (a `member_joined` record was acknowledged), or already", body = Room),
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
