@@ -152,7 +152,9 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<&'static
             )",
         )
         .await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await?;
     let result = apply_pending(client).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
@@ -160,9 +162,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<&'static
     result
 }
 
-async fn apply_pending(
-    client: &mut tokio_postgres::Client,
-) -> Result<Vec<&'static str>, DbError> {
+async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<Vec<&'static str>, DbError> {
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await?;

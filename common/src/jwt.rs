@@ -134,7 +134,12 @@ impl JwtKeys {
     }
 
     /// An access token with an explicit lifetime (tests use short ones).
-    pub fn issue_access_with_ttl(&self, user: Uuid, username: &str, ttl: Duration) -> (String, i64) {
+    pub fn issue_access_with_ttl(
+        &self,
+        user: Uuid,
+        username: &str,
+        ttl: Duration,
+    ) -> (String, i64) {
         let iat = unix_now();
         let exp = iat + ttl.as_secs() as i64;
         let claims = AccessClaims {
@@ -227,7 +232,10 @@ mod tests {
         let k = keys();
         let id = Uuid::new_v4();
         let (sub_tok, _) = k.issue_subscription(id, "room:x");
-        assert!(matches!(k.verify_access(&sub_tok), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            k.verify_access(&sub_tok),
+            Err(TokenError::Invalid(_))
+        ));
         let (acc_tok, _) = k.issue_access(id, "bob");
         assert!(matches!(
             k.verify_subscription(&acc_tok),
@@ -245,7 +253,10 @@ mod tests {
             Duration::from_secs(60),
         );
         let (forged, _) = other.issue_access(Uuid::new_v4(), "eve");
-        assert!(matches!(k.verify_access(&forged), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            k.verify_access(&forged),
+            Err(TokenError::Invalid(_))
+        ));
 
         // Expired well beyond the leeway.
         let claims = AccessClaims {

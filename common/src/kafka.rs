@@ -62,7 +62,10 @@ pub fn consumer_config(config: &KafkaConfig, group: Option<&str>) -> ClientConfi
         None => {
             // librdkafka wants a group id even for manual assignment; it is
             // never used to commit.
-            c.set("group.id", format!("confab-unused-{}", uuid::Uuid::new_v4()));
+            c.set(
+                "group.id",
+                format!("confab-unused-{}", uuid::Uuid::new_v4()),
+            );
         }
     }
     c

@@ -32,7 +32,10 @@ mod tests {
     #[test]
     fn room_channels_round_trip() {
         let id = uuid::Uuid::new_v4();
-        assert_eq!(super::parse_room_channel(&super::room_channel(id)), Some(id));
+        assert_eq!(
+            super::parse_room_channel(&super::room_channel(id)),
+            Some(id)
+        );
         assert_eq!(super::parse_room_channel("room:nope"), None);
         assert_eq!(super::parse_room_channel(&format!("chat:{id}")), None);
     }

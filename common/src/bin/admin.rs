@@ -34,7 +34,10 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
 
 async fn create_topic(env: &Env, args: &[String]) -> anyhow::Result<()> {
     let config = exit_on_error(KafkaConfig::from_env(env));
-    let topic = args.first().cloned().unwrap_or_else(|| config.topic.clone());
+    let topic = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| config.topic.clone());
     let partitions: i32 = match args.get(1) {
         Some(p) => p.parse().context("PARTITIONS must be a number")?,
         None => exit_on_error(env.parse_or("CONFAB_KAFKA_PARTITIONS", 16)),
