@@ -131,6 +131,8 @@ test('membership: a REST join and leave arrive as publications; a leaving user i
   await connect(jc);
   const js = newSub(jc, joiner, room, { recoverable: true });
   await subscribe(jc, js);
+  // Tokens carry iat in whole seconds: leave clearly after the token was issued.
+  await sleep(2100);
   await api('POST', `/api/rooms/${room.id}/leave`, { token: joiner.token, expect: 204 });
   await waitFor(() => os.pubs.some(isEvent('member_left', joiner)), 10000, () => JSON.stringify(os.pubs));
   const left = os.pubs.find(isEvent('member_left', joiner));
@@ -147,6 +149,21 @@ test('membership: a REST join and leave arrive as publications; a leaving user i
   await waitFor(() => chat(os.pubs).some((p) => p.data.text === 'after leave'));
   await sleep(300);
   assert.equal(js.pubs.length, before, 'a user who left receives nothing more');
+
+  // The subscription token issued before leaving no longer admits; after a rejoin a new one does.
+  const oldToken = allReplies(jc.frames, 'subscribe')[0].cmd.subscribe.token;
+  jc.c.removeSubscription(js.sub);
+  const stale = newSub(jc, joiner, room, { token: oldToken, getToken: null });
+  stale.sub.subscribe();
+  await waitFor(() => stale.unsubscribed.length > 0 || stale.subscribed.length > 0, 10000, () => dumpFrames(jc.frames));
+  assert.equal(stale.subscribed.length, 0, 'a pre-departure subscription token must not subscribe');
+  assert.equal(stale.unsubscribed[0].code, 103, JSON.stringify(stale.unsubscribed[0]));
+  jc.c.removeSubscription(stale.sub);
+  await joinRoom(joiner, room);
+  const again = newSub(jc, joiner, room);
+  await subscribe(jc, again);
+  await os.sub.publish({ text: 'after rejoin' });
+  await waitFor(() => chat(again.pubs).some((p) => p.data.text === 'after rejoin'), 10000, () => dumpFrames(jc.frames));
 });
 
 test('presence, presence_stats, and join/leave pushes', T, async () => {

@@ -145,6 +145,7 @@ async def test_membership_events_and_leave_unsubscribes():
     await connect(jc)
     jsub = new_sub(jc, room, recoverable=True)
     await subscribe(jc, jsub)
+    await asyncio.sleep(2.1)  # tokens carry iat in whole seconds: leave clearly after issue
     await api("POST", f"/api/rooms/{room['id']}/leave", token=joiner.token, expect=204)
     await wait_for(lambda: event("member_left", joiner), 10, lambda: str(osub.pubs))
     left = event("member_left", joiner)[0]
@@ -154,6 +155,22 @@ async def test_membership_events_and_leave_unsubscribes():
                    lambda: f"leaving user's subscription not unsubscribed ({jsub.sub.state})\n{dump_frames(jc)}")
     assert jsub.sub.state == SubscriptionState.UNSUBSCRIBED
     assert jc.client.state == ClientState.CONNECTED
+
+    # The subscription token issued before leaving no longer admits; after a rejoin a new one does.
+    old_token = replies(jc, "subscribe")[0]["cmd"]["subscribe"]["token"]
+    jc.client.remove_subscription(jsub.sub)
+    stale = new_sub(jc, room, get_token=None, token=old_token)
+    await stale.sub.subscribe()
+    await wait_for(lambda: stale.unsubscribed or stale.subscribed, 10, lambda: dump_frames(jc))
+    assert not stale.subscribed, "a pre-departure subscription token must not subscribe"
+    assert stale.unsubscribed[0].code == 103, stale.unsubscribed[0]
+    jc.client.remove_subscription(stale.sub)
+    await join_room(joiner, room)
+    again = new_sub(jc, room)
+    await subscribe(jc, again)
+    await osub.sub.publish({"text": "after rejoin"})
+    await wait_for(lambda: any(p.data.get("text") == "after rejoin" for p in chat(again.pubs)), 10,
+                   lambda: dump_frames(jc))
 
 
 async def test_presence_and_join_leave():
