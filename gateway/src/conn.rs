@@ -35,6 +35,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAX_INFLIGHT: usize = 256;
 /// Queue messages written in one frame at most.
 const MAX_BATCH: usize = 64;
+/// Pushes are batched into one frame only up to this size.
+const MAX_FRAME_OUT: usize = 64 * 1024;
 /// The longest text a chat message may carry, in characters.
 pub(crate) const MAX_TEXT_CHARS: usize = 4000;
 
@@ -721,7 +723,7 @@ where
                 if let Some(msg) = msg {
                     s.outbound(msg);
                     let mut n = 1;
-                    while n < MAX_BATCH {
+                    while n < MAX_BATCH && s.out.len() < MAX_FRAME_OUT {
                         match queue_rx.try_recv() {
                             Ok(msg) => s.outbound(msg),
                             Err(_) => break,

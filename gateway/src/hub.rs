@@ -192,6 +192,21 @@ pub struct History {
 
 const SHARDS: usize = 64;
 
+/// The most publication bytes one subscribe or history reply carries
+/// (centrifuge-python's websockets refuses frames over 1 MiB).
+pub const MAX_REPLY_PUBLICATION_BYTES: usize = 512 * 1024;
+
+/// Keeps items while their total size stays within the reply budget.
+fn within_budget(items: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
+    let mut total = 0;
+    items
+        .take_while(|b| {
+            total += b.len();
+            total <= MAX_REPLY_PUBLICATION_BYTES
+        })
+        .collect()
+}
+
 /// All rooms of this instance.
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Uuid, Room>>>,
@@ -477,13 +492,18 @@ impl Hub {
             let epoch_ok = epoch.is_empty() || epoch == self.config.epoch;
             if epoch_ok && since >= floor {
                 if since <= position {
-                    out.publications = room
+                    let missed: Vec<Bytes> = room
                         .window
                         .iter()
                         .filter(|e| e.offset as i64 > since)
                         .map(|e| e.publication.clone())
                         .collect();
-                    out.recovered = true;
+                    // A reply too large for clients' frame limits is not
+                    // sent; the client falls back to REST history instead.
+                    if missed.iter().map(Bytes::len).sum::<usize>() <= MAX_REPLY_PUBLICATION_BYTES {
+                        out.publications = missed;
+                        out.recovered = true;
+                    }
                 } else if since < part.high.load(Ordering::Acquire) {
                     // Another instance has read further: the client already
                     // has everything up to `since`; push only what follows.
@@ -670,6 +690,7 @@ impl Hub {
                 }
             }
         };
+        let publications = within_budget(publications.into_iter());
         Ok(History {
             publications,
             offset: position,
@@ -1011,6 +1032,31 @@ mod tests {
         assert!(!h.subscribe(idle, &q, Some((1, "ep"))).recovered);
         let r = h.subscribe(idle, &q, Some((2, "ep")));
         assert!(r.recovered && r.publications.is_empty());
+    }
+
+    #[test]
+    fn replies_stay_within_the_byte_budget() {
+        let h = hub(1000);
+        let room = Uuid::new_v4();
+        let big = "x".repeat(15_000);
+        for o in 0..60 {
+            h.deliver(
+                0,
+                o,
+                &record(room, Uuid::new_v4(), RecordKind::Message, &big),
+            );
+        }
+        let (p, _rx) = peer(Uuid::new_v4(), 16);
+        let r = h.subscribe(room, &p, Some((0, "ep")));
+        assert!(
+            !r.recovered,
+            "59 x 15 KB is over the budget: fall back to REST"
+        );
+        let r = h.subscribe(room, &p, Some((50, "ep")));
+        assert!(r.recovered && r.publications.len() == 9);
+        let hist = h.history(room, -1, None, false).unwrap();
+        let total: usize = hist.publications.iter().map(Bytes::len).sum();
+        assert!(total <= MAX_REPLY_PUBLICATION_BYTES && hist.publications.len() > 30);
     }
 
     #[test]
