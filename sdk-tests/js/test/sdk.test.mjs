@@ -352,7 +352,7 @@ test('one client in three rooms: the batched resubscribe after a reconnect recov
     assert.equal(rec.subscribed.at(-1).recovered, true, `room ${i} recovered`);
   }
   for (const [i, rec] of recs.entries()) {
-    await waitFor(() => chat(rec.pubs).length >= 4, 10000, () => dumpFrames(cl.frames));
+    await waitFor(() => chat(rec.pubs).length >= 4 && chat(precs[i].pubs).length >= 4, 10000, () => dumpFrames(cl.frames));
     assert.deepEqual(chat(rec.pubs).map((x) => x.data.text), ['before', 'missed 0', 'missed 1', 'missed 2'], `room ${i}`);
     assert.deepEqual(chat(rec.pubs).map((x) => x.offset), chat(precs[i].pubs).map((x) => x.offset), `room ${i} offsets`);
   }
@@ -424,7 +424,7 @@ test('an abruptly lost transport reconnects and recovers what was published mean
   for (let i = 0; i < 5; i++) await a.rec.sub.publish({ text: `during ${i}` });
   await waitFor(() => b.rec.subscribed.length >= 2, 15000, describeAll([b]));
   await a.rec.sub.publish({ text: 'after' });
-  await waitFor(() => chat(b.rec.pubs).length >= 7, 10000, describeAll([b]));
+  await waitFor(() => chat(b.rec.pubs).length >= 7 && chat(a.rec.pubs).length >= 7, 10000, describeAll([a, b]));
   await sleep(300);
   assert.deepEqual(chat(b.rec.pubs).map((p) => p.data.text), chat(a.rec.pubs).map((p) => p.data.text));
   assert.deepEqual(chat(b.rec.pubs).map((p) => p.offset), chat(a.rec.pubs).map((p) => p.offset));

@@ -333,7 +333,7 @@ async def test_abrupt_transport_loss_recovers():
         await sa.sub.publish({"text": f"during {i}"})
     await wait_for(lambda: len(sb.subscribed) >= 2, 15, describe(cb))
     await sa.sub.publish({"text": "after"})
-    await wait_for(lambda: len(chat(sb.pubs)) >= 7, 10, describe(cb))
+    await wait_for(lambda: len(chat(sb.pubs)) >= 7 and len(chat(sa.pubs)) >= 7, 10, describe(ca, cb))
     await asyncio.sleep(0.3)
     assert [p.data["text"] for p in chat(sb.pubs)] == [p.data["text"] for p in chat(sa.pubs)]
     assert [p.offset for p in chat(sb.pubs)] == [p.offset for p in chat(sa.pubs)]
@@ -519,7 +519,7 @@ async def test_one_client_three_rooms_recovers_every_room():
     for i, rec in enumerate(recs):
         await wait_for(lambda: len(rec.subscribed) > before[i], 10, describe(conn))
         assert rec.subscribed[-1].recovered is True, f"room {i}"
-        await wait_for(lambda: len(chat(rec.pubs)) >= 4, 10, describe(conn))
+        await wait_for(lambda: len(chat(rec.pubs)) >= 4 and len(chat(precs[i].pubs)) >= 4, 10, describe(conn, pconn))
         assert [x.data["text"] for x in chat(rec.pubs)] == ["before", "missed 0", "missed 1", "missed 2"]
         assert [x.offset for x in chat(rec.pubs)] == [x.offset for x in chat(precs[i].pubs)]
 
