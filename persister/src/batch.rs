@@ -109,6 +109,9 @@ pub(crate) fn clean_text(text: &str) -> String {
 /// A closed batch in the column layout the insert statement takes.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
+    /// The batch's place in the order the loop closed batches; offsets are
+    /// marked stored in this order even when writers finish out of order.
+    pub(crate) seq: u64,
     pub(crate) rows: Rows,
     pub(crate) dead: DeadRows,
     /// Per partition, the offset to commit once this batch is stored: one

@@ -23,6 +23,9 @@ pub struct Config {
     /// ... or once its oldest record has waited this long
     /// (`CONFAB_PERSISTER_BATCH_MS`). This bounds the extra latency batching adds.
     pub batch_time: Duration,
+    /// Batches written at the same time, each on its own connection
+    /// (`CONFAB_PERSISTER_WRITERS`). Offsets are still committed in order.
+    pub writers: usize,
     /// The longest pause between two attempts to write a batch while the
     /// database fails (`CONFAB_PERSISTER_RETRY_MAX_MS`).
     pub retry_max: Duration,
@@ -77,6 +80,7 @@ impl Config {
             addr: listen_addr(env, "CONFAB_PERSISTER_ADDR", "127.0.0.1:9102")?,
             batch_size,
             batch_time: env.millis_or("CONFAB_PERSISTER_BATCH_MS", Duration::from_millis(20))?,
+            writers: env.parse_or("CONFAB_PERSISTER_WRITERS", 2)?.max(1),
             retry_max: env.millis_or("CONFAB_PERSISTER_RETRY_MAX_MS", Duration::from_secs(5))?,
             lag_interval: env
                 .millis_or("CONFAB_PERSISTER_LAG_INTERVAL_MS", Duration::from_secs(5))?,

@@ -15,11 +15,13 @@
 //!
 //! # Backpressure and database outages
 //!
-//! When `pending` reaches four batches (the writer is slow or PostgreSQL is
-//! down) the loop pauses every assigned partition but keeps calling `recv()`,
-//! so that the consumer stays in the group and serves rebalances. It resumes
-//! once `pending` is down to one batch. librdkafka resumes fetching after the
-//! last record it handed out, so nothing is skipped.
+//! When `pending` reaches four batches the loop stops calling `recv()`;
+//! librdkafka's queue fills and fetching stops by itself. If that lasts more
+//! than a second (PostgreSQL is down or very slow) the loop pauses every
+//! assigned partition and calls `recv()` again, so that the consumer stays in
+//! the group and serves rebalances. It resumes once `pending` is down to one
+//! batch; librdkafka then fetches again from the last record it handed out
+//! (and `gap` catches a broker that skips records there).
 //!
 //! # Rebalances (eager protocol)
 //!
@@ -80,6 +82,11 @@ struct Offsets {
     starts: Vec<(i32, Option<i64>)>,
     /// A rebalance happened since the loop last looked.
     rebalanced: bool,
+    /// The sequence number of the next batch whose offsets may be marked
+    /// stored.
+    next_seq: u64,
+    /// Batches stored out of order, waiting for earlier ones.
+    finished: BTreeMap<u64, BTreeMap<i32, i64>>,
 }
 
 /// What changed in a rebalance, for the loop.
@@ -102,6 +109,8 @@ pub(crate) struct Shared {
     /// (librdkafka statistics). Unlike tansu's ListOffsets, it is exact.
     high: Mutex<BTreeMap<i32, i64>>,
     persisted: AtomicU64,
+    /// Batches committed in PostgreSQL, for the crash test hook.
+    db_commits: AtomicU64,
     poison: AtomicU64,
     batches: AtomicU64,
 }
@@ -115,6 +124,7 @@ impl Shared {
             db_up: AtomicBool::new(false),
             high: Mutex::default(),
             persisted: AtomicU64::new(0),
+            db_commits: AtomicU64::new(0),
             poison: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         }
@@ -156,13 +166,21 @@ impl Shared {
         self.offsets().assigned.iter().copied().collect()
     }
 
-    fn mark_stored(&self, next_offsets: &BTreeMap<i32, i64>) {
-        let mut o = self.offsets();
-        for (&p, &next) in next_offsets {
-            let stored = o.stored.entry(p).or_insert(next);
-            *stored = (*stored).max(next);
+    /// Records that batch `seq` is stored. Its offsets count as stored once
+    /// every earlier batch is stored too, so that a committed offset never
+    /// passes a record still being written by another writer.
+    fn mark_stored(&self, seq: u64, next_offsets: BTreeMap<i32, i64>) {
+        let mut guard = self.offsets();
+        let o = &mut *guard;
+        o.finished.insert(seq, next_offsets);
+        while let Some(offsets) = o.finished.remove(&o.next_seq) {
+            o.next_seq += 1;
+            for (p, next) in offsets {
+                let stored = o.stored.entry(p).or_insert(next);
+                *stored = (*stored).max(next);
+            }
         }
-        drop(o);
+        drop(guard);
         self.commit_wanted.notify_one();
     }
 
@@ -354,30 +372,71 @@ impl ConsumerContext for Ctx {
 
 pub(crate) type Kafka = StreamConsumer<Ctx>;
 
-/// Why the writer stopped.
+/// Why the writers stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum WriterExit {
-    /// Its channel closed: every batch it got is stored.
+    /// Their channel closed: every batch they got is stored.
     Done,
     /// The crash test hook fired.
     Crashed,
+    /// A writer panicked.
+    Panicked(String),
 }
 
-/// Stores batches in order, each until it succeeds.
+/// Runs `n` writers, each with its own connection, taking batches from one
+/// channel. Returns when all are done, or as soon as one crashes.
 pub(crate) async fn write_batches(
-    mut store: Store,
-    mut batches: mpsc::Receiver<Batch>,
+    n: usize,
+    config: WriterConfig,
+    batches: mpsc::Receiver<Batch>,
     shared: Arc<Shared>,
-    retry_max: Duration,
-    crash: Option<Crash>,
 ) -> WriterExit {
-    let mut db_commits = 0u64;
+    let batches = Arc::new(tokio::sync::Mutex::new(batches));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..n.max(1) {
+        let store = Store::new(config.database_url.clone(), shared.topic.clone());
+        writers.spawn(write(
+            store,
+            batches.clone(),
+            shared.clone(),
+            config.clone(),
+        ));
+    }
+    while let Some(exit) = writers.join_next().await {
+        let exit = match exit {
+            Ok(WriterExit::Done) => continue,
+            Ok(exit) => exit,
+            Err(err) => WriterExit::Panicked(err.to_string()),
+        };
+        writers.abort_all();
+        return exit;
+    }
+    WriterExit::Done
+}
+
+/// What the writers need to know.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterConfig {
+    pub(crate) database_url: String,
+    pub(crate) retry_max: Duration,
+    pub(crate) crash: Option<Crash>,
+}
+
+/// One writer: stores batches, each until it succeeds.
+async fn write(
+    mut store: Store,
+    batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Batch>>>,
+    shared: Arc<Shared>,
+    config: WriterConfig,
+) -> WriterExit {
+    let (retry_max, crash) = (config.retry_max, config.crash);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        let next = async { batches.lock().await.recv().await };
         let batch = tokio::select! {
             biased;
-            batch = batches.recv() => match batch {
+            batch = next => match batch {
                 Some(batch) => batch,
                 None => return WriterExit::Done,
             },
@@ -399,7 +458,7 @@ pub(crate) async fn write_batches(
         shared.set_db_up(true);
         ping.reset();
 
-        db_commits += 1;
+        let db_commits = shared.db_commits.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(crash) = crash {
             if db_commits == crash.after {
                 tracing::error!(
@@ -437,12 +496,15 @@ pub(crate) async fn write_batches(
             ?took,
             "batch stored"
         );
-        shared.mark_stored(&batch.next_offsets);
+        shared.mark_stored(batch.seq, batch.next_offsets);
     }
 }
 
 /// How often the loop looks for partitions the broker left behind.
 const STALL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the loop may stop reading because writes fall behind before it
+/// pauses the partitions (and polls again, to stay in the group).
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How long a partition may stay behind the high watermark without progress
 /// before it is rewound.
 const STALL_AFTER: Duration = Duration::from_secs(1);
@@ -526,9 +588,12 @@ impl Reader {
         self.pending.push_back((Instant::now(), entry));
     }
 
-    /// Rewinds partitions the broker left behind its high watermark.
-    fn check_stalls(&mut self) {
-        if self.paused {
+    /// Rewinds partitions the broker left behind its high watermark. `full`:
+    /// the loop is not reading because it has enough records queued.
+    fn check_stalls(&mut self, full: bool) {
+        if self.paused || full {
+            // Not the broker's fault.
+            self.tracker.touch_all(Instant::now());
             return;
         }
         let shared = &self.shared;
@@ -588,6 +653,7 @@ fn writer_stopped(exit: Result<WriterExit, tokio::task::JoinError>) -> Persister
     match exit {
         Ok(WriterExit::Crashed) => PersisterError::InjectedCrash,
         Ok(WriterExit::Done) => PersisterError::WriterStopped("its channel closed".into()),
+        Ok(WriterExit::Panicked(err)) => PersisterError::WriterStopped(err),
         Err(err) => PersisterError::WriterStopped(err.to_string()),
     }
 }
@@ -599,19 +665,33 @@ pub(crate) async fn consume(
     consumer: Arc<Kafka>,
     shared: Arc<Shared>,
     config: &Config,
-    store: Store,
     shutdown: CancellationToken,
 ) -> Result<(), PersisterError> {
     let batch_size = config.batch_size;
     let high_water = batch_size.saturating_mul(4);
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
+    // Since when `pending` has been at the high-water mark. Reading simply
+    // stops for a short while (librdkafka's queue fills and fetching stops
+    // on its own); only a long stall pauses the partitions, which makes the
+    // consumer fetch again from its position when it resumes.
+    let mut full_since: Option<Instant> = None;
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(config.writers);
     let mut writer: JoinHandle<WriterExit> = tokio::spawn(write_batches(
-        store,
+        config.writers,
+        WriterConfig {
+            database_url: config.database_url.clone(),
+            retry_max: config.retry_max,
+            crash: config.crash_after_db_commits,
+        },
         batch_rx,
         shared.clone(),
-        config.retry_max,
-        config.crash_after_db_commits,
     ));
+    let mut next_seq = 0u64;
+    let mut seal = |entries: Vec<Entry>| {
+        let mut batch = Batch::build(entries);
+        batch.seq = next_seq;
+        next_seq += 1;
+        batch
+    };
     let mut reader = Reader {
         consumer: consumer.clone(),
         shared: shared.clone(),
@@ -646,7 +726,10 @@ pub(crate) async fn consume(
                     return Err(writer_stopped((&mut writer).await));
                 };
                 let n = reader.pending.len().min(batch_size);
-                permit.send(Batch::build(reader.pending.drain(..n).map(|(_, e)| e)));
+                permit.send(seal(reader.pending.drain(..n).map(|(_, e)| e).collect()));
+                if reader.pending.len() < high_water {
+                    full_since = None;
+                }
                 if reader.paused && reader.pending.len() <= batch_size {
                     reader.set_paused(false);
                 }
@@ -655,15 +738,21 @@ pub(crate) async fn consume(
             _ = commit_tick.tick() => {
                 commit(&*consumer, &shared, &shared.uncommitted(None), CommitMode::Async);
             }
-            _ = stall_tick.tick() => reader.check_stalls(),
-            msg = consumer.recv() => match msg {
+            _ = stall_tick.tick() => {
+                let full = full_since.is_some();
+                if full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) && !reader.paused {
+                    reader.set_paused(true);
+                }
+                reader.check_stalls(full);
+            }
+            msg = consumer.recv(), if full_since.is_none() || reader.paused => match msg {
                 Ok(msg) => {
                     // Callbacks run inside recv(): apply a rebalance before
                     // adding a record of the new assignment.
                     reader.apply_rebalance();
                     reader.on_record(msg.partition(), msg.offset(), msg.key(), msg.payload());
-                    if !reader.paused && reader.pending.len() >= high_water {
-                        reader.set_paused(true);
+                    if full_since.is_none() && reader.pending.len() >= high_water {
+                        full_since = Some(Instant::now());
                     }
                 }
                 Err(err) => {
@@ -684,7 +773,7 @@ pub(crate) async fn consume(
     let drain = async {
         while !pending.is_empty() {
             let n = pending.len().min(batch_size);
-            let batch = Batch::build(pending.drain(..n).map(|(_, e)| e));
+            let batch = seal(pending.drain(..n).map(|(_, e)| e).collect());
             if batch_tx.send(batch).await.is_err() {
                 break;
             }
@@ -693,7 +782,12 @@ pub(crate) async fn consume(
         (&mut writer).await
     };
     let crashed = match tokio::time::timeout(config.shutdown_grace, drain).await {
-        Ok(Ok(exit)) => exit == WriterExit::Crashed,
+        Ok(Ok(WriterExit::Crashed)) => true,
+        Ok(Ok(WriterExit::Done)) => false,
+        Ok(Ok(WriterExit::Panicked(err))) => {
+            tracing::error!(error = %err, "writer task failed");
+            false
+        }
         Ok(Err(err)) => {
             tracing::error!(error = %err, "writer task failed");
             false
@@ -789,4 +883,27 @@ fn lag_of(consumer: &Kafka, shared: &Shared, parts: &[i32]) -> KafkaResult<Vec<(
         lags.push((p, (end - done).max(0)));
     }
     Ok(lags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_count_as_stored_only_in_batch_order() {
+        let shared = Shared::new("t".into());
+        shared.offsets().assigned.extend([0, 1]);
+        // Batch 1 finishes before batch 0.
+        shared.mark_stored(1, BTreeMap::from([(0, 20), (1, 5)]));
+        assert!(shared.uncommitted(None).is_empty());
+        shared.mark_stored(0, BTreeMap::from([(0, 10)]));
+        assert_eq!(shared.uncommitted(None), vec![(0, 20), (1, 5)]);
+        shared.mark_committed(&[(0, 20), (1, 5)]);
+        assert!(shared.uncommitted(None).is_empty());
+        shared.mark_stored(2, BTreeMap::from([(1, 9)]));
+        assert_eq!(shared.uncommitted(None), vec![(1, 9)]);
+        // Unassigned partitions are never committed by this instance.
+        shared.mark_stored(3, BTreeMap::from([(7, 3)]));
+        assert_eq!(shared.uncommitted(None), vec![(1, 9)]);
+    }
 }

@@ -145,7 +145,14 @@ impl Tracker {
                 continue;
             };
             let Some(high) = high(p) else { continue };
-            if high > expected && now.duration_since(part.progress) >= stall {
+            // Right after a rewind, a partition that stays silent is likely
+            // still before its batch: look again sooner.
+            let limit = if part.step > FIRST_STEP {
+                stall / 4
+            } else {
+                stall
+            };
+            if high > expected && now.duration_since(part.progress) >= limit {
                 if part.at_floor {
                     // Even offset 0 did not help; start over rather than
                     // give up on records the broker says it has.
@@ -218,9 +225,9 @@ mod tests {
         let later = start + stall;
         // Partition 1 is caught up; partition 0 is stuck behind 40.
         assert_eq!(t.stalled(high, stall, later), vec![(0, 22)]);
-        // Not again until another stall period passes.
+        // Not again until a shorter period passes, as a rewind is under way.
         assert!(t.stalled(high, stall, later).is_empty());
-        assert_eq!(t.stalled(high, stall, later + stall), vec![(0, 0)]);
+        assert_eq!(t.stalled(high, stall, later + stall / 4), vec![(0, 0)]);
         t.revoke(0);
         assert!(t.stalled(high, stall, later + stall * 3).is_empty());
     }

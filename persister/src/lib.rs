@@ -160,8 +160,7 @@ impl Persister {
             tasks.clone(),
         ));
 
-        let store = store::Store::new(config.database_url.clone(), config.kafka.topic.clone());
-        let result = consumer::consume(consumer.clone(), shared, &config, store, shutdown).await;
+        let result = consumer::consume(consumer.clone(), shared, &config, shutdown).await;
 
         tasks.cancel();
         let _ = lag.await;
