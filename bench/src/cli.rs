@@ -69,6 +69,10 @@ pub struct Common {
     /// The gateway's pid, for memory figures (default: .dev/pids/gateway.pid).
     #[arg(long, global = true)]
     pub gateway_pid: Option<u32>,
+    /// The gateway's Prometheus endpoint, read before and after the run
+    /// (default: /metrics on the WebSocket URL's host and port).
+    #[arg(long, global = true)]
+    pub metrics_url: Option<String>,
     /// No progress bar.
     #[arg(long, short, global = true)]
     pub quiet: bool,

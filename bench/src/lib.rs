@@ -48,6 +48,14 @@ pub async fn run(
         ..Default::default()
     };
     let gateway = sys::gateway_pid(cli.common.gateway_pid, None).ok();
+    let metrics_url = match &cli.common.metrics_url {
+        Some(u) => u.clone(),
+        None => {
+            let (host, port, _) = ws::parse_ws_url(&cli.common.ws)?;
+            format!("http://{host}:{port}/metrics")
+        }
+    };
+    let metrics_before = scenario::scrape(&metrics_url).await;
     let cpu_start = gateway.and_then(sys::cpu_secs);
     let report = Report {
         load_average_start: sys::loadavg(),
@@ -60,6 +68,8 @@ pub async fn run(
         run,
         interrupt: interrupt.clone(),
         report,
+        metrics_url,
+        metrics_before,
     };
     let mut report = match cli.scenario {
         Scenario::Latency {

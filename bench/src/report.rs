@@ -121,6 +121,9 @@ pub struct Report {
     pub load_average_end: Option<String>,
     /// CPU seconds the gateway used during the run, when its pid is known.
     pub gateway_cpu_secs: Option<f64>,
+    /// How the gateway's own counters moved during the run (`*_total`,
+    /// histogram `_sum`/`_count`, and `_mean` in seconds).
+    pub gateway_metrics: std::collections::BTreeMap<String, f64>,
     pub connections: ConnStats,
     pub traffic: Option<TrafficStats>,
     pub deliver_latency: Option<Summary>,
@@ -272,6 +275,12 @@ impl Report {
             }
             if let Some(b) = m.bench_rss_kib {
                 row(&mut o, "bench RSS", format!("{:.1} MiB", b as f64 / 1024.0));
+            }
+        }
+        for (k, v) in &self.gateway_metrics {
+            let short = k.strip_prefix("confab_gateway_").unwrap_or(k);
+            if short.ends_with("_total") || short.ends_with("_mean") {
+                row(&mut o, &format!("gw {short}"), format!("{v:.3}"));
             }
         }
         latency_rows(

@@ -36,6 +36,23 @@ pub struct Ctx {
     /// Fires on Ctrl-C.
     pub interrupt: CancellationToken,
     pub report: Report,
+    /// The gateway's Prometheus endpoint.
+    pub metrics_url: String,
+    /// Its counters when the run started, if it answered.
+    pub metrics_before: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// The gateway's counters now, if its `/metrics` answers.
+pub async fn scrape(url: &str) -> Option<std::collections::BTreeMap<String, f64>> {
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?
+        .get(url)
+        .send()
+        .await
+        .ok()?;
+    Some(sys::parse_gateway_metrics(&resp.text().await.ok()?))
 }
 
 impl Ctx {
@@ -54,6 +71,14 @@ impl Ctx {
         pb.set_prefix(what.to_owned());
         pb.enable_steady_tick(Duration::from_millis(200));
         pb
+    }
+
+    /// Records how the gateway's counters moved since the start; called
+    /// before the bench closes its connections, so the close storm is left out.
+    async fn record_gateway_metrics(&mut self) {
+        if let (Some(a), Some(b)) = (&self.metrics_before, scrape(&self.metrics_url).await) {
+            self.report.gateway_metrics = sys::metric_deltas(a, &b);
+        }
     }
 
     /// Sleeps, or returns early (false) on Ctrl-C.
@@ -397,6 +422,7 @@ pub async fn traffic(
     traffic.parse_errors = c.parse_errors.load(Ordering::Relaxed);
     traffic.clamped_samples = shared.deliver.clamped() + shared.ack.clamped();
     finish_conn_stats(&mut ctx.report.connections, &ramp, &shared);
+    ctx.record_gateway_metrics().await;
     shutdown(&stop, &tracker).await;
 
     let deliver = shared.deliver.merged();
@@ -520,6 +546,7 @@ pub async fn connections(
         pb.finish_and_clear();
     }
     finish_conn_stats(&mut ctx.report.connections, &ramp, &shared);
+    ctx.record_gateway_metrics().await;
     shutdown(&stop, &tracker).await;
     ctx.report.memory = Some(mem);
     ctx.report.notes.push(
@@ -673,6 +700,7 @@ pub async fn persist(
         },
         &shared,
     );
+    ctx.record_gateway_metrics().await;
     shutdown(&stop, &tracker).await;
 
     let lag = lag.merged();

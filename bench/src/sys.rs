@@ -164,6 +164,49 @@ pub fn source_addrs(
         .collect())
 }
 
+/// The gateway's Prometheus counters and histogram sums/counts that matter to
+/// a run, from a `/metrics` text: every `confab_gateway_*_total`, `*_sum` and
+/// `*_count` sample without labels.
+pub fn parse_gateway_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("confab_gateway_"))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            if name.contains('{') {
+                return None;
+            }
+            let keep =
+                name.ends_with("_total") || name.ends_with("_sum") || name.ends_with("_count");
+            keep.then(|| Some((name.to_owned(), value.trim().parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// `after - before` for every metric in both, dropping zeros; histogram
+/// `_sum`/`_count` pairs also give a `_mean` (seconds).
+pub fn metric_deltas(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, a) in after {
+        let d = a - before.get(k).copied().unwrap_or(0.0);
+        if d != 0.0 {
+            out.insert(k.clone(), d);
+        }
+    }
+    let means: Vec<(String, f64)> = out
+        .iter()
+        .filter_map(|(k, sum)| {
+            let base = k.strip_suffix("_sum")?;
+            let count = out.get(&format!("{base}_count"))?;
+            (*count > 0.0).then(|| (format!("{base}_mean"), sum / count))
+        })
+        .collect();
+    out.extend(means);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +226,25 @@ mod tests {
         assert_eq!(stat_cpu_secs(stat), Some(3.0));
         assert!(cpu_secs(std::process::id()).is_some());
         assert_eq!(loadavg().unwrap().split(' ').count(), 3);
+    }
+
+    #[test]
+    fn gateway_metric_deltas() {
+        let before = parse_gateway_metrics(
+            "# HELP x\nconfab_gateway_messages_delivered_total 10\nconfab_gateway_connections 5\n\
+             confab_gateway_kafka_produce_seconds_sum 1.5\nconfab_gateway_kafka_produce_seconds_count 3\n\
+             confab_gateway_kafka_produce_seconds_bucket{le=\"0.1\"} 3\nother_total 9\n",
+        );
+        assert_eq!(before.len(), 3, "{before:?}");
+        let after = parse_gateway_metrics(
+            "confab_gateway_messages_delivered_total 110\nconfab_gateway_kafka_produce_seconds_sum 3.5\n\
+             confab_gateway_kafka_produce_seconds_count 7\nconfab_gateway_send_queue_drops_total 0\n",
+        );
+        let d = metric_deltas(&before, &after);
+        assert_eq!(d["confab_gateway_messages_delivered_total"], 100.0);
+        assert_eq!(d["confab_gateway_kafka_produce_seconds_count"], 4.0);
+        assert_eq!(d["confab_gateway_kafka_produce_seconds_mean"], 0.5);
+        assert!(!d.contains_key("confab_gateway_send_queue_drops_total"));
     }
 
     #[test]
