@@ -729,3 +729,58 @@ async fn connection_cap_and_pong_timeout() {
     assert_eq!(c1.closed_with().await.0, 3012);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_disconnected_without_slowing_others() {
+    let kafka = test_topic(1).await;
+    let gw = start(
+        &kafka,
+        &[
+            ("CONFAB_GATEWAY_SEND_QUEUE", "64"),
+            ("CONFAB_GATEWAY_WRITE_TIMEOUT_SECS", "30"),
+        ],
+    )
+    .await;
+    let room = Uuid::new_v4();
+    let channel = confab_common::room_channel(room);
+    let mut fast = member(gw.addr, room).await;
+    // The slow member subscribes and then never reads its socket.
+    let slow = member(gw.addr, room).await;
+    let text = "z".repeat(4000);
+    let pad = "p".repeat(12_000);
+    let total = 400;
+    let mut sent = 0;
+    let mut received = 0;
+    while sent < total {
+        // Several publishes in flight at once, then read what arrived.
+        for _ in 0..20 {
+            sent += 1;
+            fast.client
+                .send_text(
+                    &json!({"id": 10_000 + sent, "publish": {"channel": channel, "data": {"text": text, "pad": pad}}})
+                        .to_string(),
+                )
+                .await;
+        }
+        while received < sent {
+            if fast.client.publication().await["pub"]["data"]["text"] == text {
+                received += 1;
+            }
+        }
+    }
+    assert_eq!(received, total, "the fast subscriber got everything");
+    let (_, metrics) = http_get(gw.addr, "/metrics").await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("confab_gateway_slow_consumer_disconnects_total"))
+        .unwrap_or_default()
+        .to_owned();
+    let count: f64 = line
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 1.0, "slow consumer not disconnected: {line}");
+    drop(slow);
+    gw.stop().await;
+}
