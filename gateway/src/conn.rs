@@ -313,6 +313,28 @@ impl Session {
         None
     }
 
+    /// Handles one data message: its commands, in order.
+    fn message(
+        &mut self,
+        bytes: &[u8],
+        inflight: &mut FuturesUnordered<PublishDone>,
+    ) -> Option<Disconnect> {
+        match protocol::decode_commands(bytes) {
+            Err(err) => {
+                tracing::debug!(%err, "malformed frame");
+                Some(Disconnect::BAD_REQUEST)
+            }
+            Ok(cmds) => {
+                for (id, req) in cmds {
+                    if let Some(d) = self.handle(id, req, inflight) {
+                        return Some(d);
+                    }
+                }
+                None
+            }
+        }
+    }
+
     fn subscribed_room(&self, channel: &str) -> Result<Uuid, ProtoError> {
         let room = confab_common::parse_room_channel(channel).ok_or(ProtoError::UNKNOWN_CHANNEL)?;
         if self.subs.contains_key(&room) {
@@ -709,7 +731,17 @@ where
             }
             () = gw.shutdown.cancelled(), if !draining => {
                 draining = true;
-                if inflight.is_empty() {
+                // Commands already received are still handled (a publish
+                // among them is answered once the broker acknowledges it).
+                while let Ok(ev) = in_rx.try_recv() {
+                    if let Inbound::Message(bytes) = ev {
+                        disconnect = s.message(&bytes, &mut inflight);
+                        if disconnect.is_some() {
+                            break;
+                        }
+                    }
+                }
+                if disconnect.is_none() && inflight.is_empty() {
                     disconnect = Some(Disconnect::SHUTDOWN);
                 }
             }
@@ -741,20 +773,7 @@ where
                         break None;
                     }
                 }
-                Some(Inbound::Message(bytes)) => match protocol::decode_commands(&bytes) {
-                    Err(err) => {
-                        tracing::debug!(%err, "malformed frame");
-                        disconnect = Some(Disconnect::BAD_REQUEST);
-                    }
-                    Ok(cmds) => {
-                        for (id, req) in cmds {
-                            if let Some(d) = s.handle(id, req, &mut inflight) {
-                                disconnect = Some(d);
-                                break;
-                            }
-                        }
-                    }
-                },
+                Some(Inbound::Message(bytes)) => disconnect = s.message(&bytes, &mut inflight),
             },
             _ = tick.tick() => disconnect = s.tick(),
         }
