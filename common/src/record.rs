@@ -15,6 +15,24 @@ use uuid::Uuid;
 /// The record version this build writes and reads.
 pub const RECORD_VERSION: u8 = 1;
 
+/// A record's stream position is its Kafka offset plus this: "next offset"
+/// semantics, as Kafka commits use. The SDKs (centrifuge-js, centrifuge-python)
+/// read an offset of 0 as "no position", so the first record of a partition
+/// must not be position 0. The gateway sends this position as the
+/// publication `offset`, and the persister stores it as
+/// `messages.stream_offset`, so REST history and the WebSocket agree.
+pub const STREAM_OFFSET_SHIFT: i64 = 1;
+
+/// The stream position of the record at `kafka_offset`.
+pub fn stream_offset(kafka_offset: i64) -> i64 {
+    kafka_offset + STREAM_OFFSET_SHIFT
+}
+
+/// The Kafka offset of the record at stream position `stream_offset`.
+pub fn kafka_offset(stream_offset: i64) -> i64 {
+    stream_offset - STREAM_OFFSET_SHIFT
+}
+
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

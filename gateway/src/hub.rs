@@ -223,15 +223,10 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// What clients see as a publication's offset is its Kafka offset plus this.
-///
-/// Zero keeps the fixed decision "the Kafka offset is the stream position".
-/// centrifuge-js and centrifuge-python treat an offset of 0 as "no
-/// position", so the first record of each partition (Kafka offset 0) has no
-/// usable position for them. Setting this to 1 ("next offset" semantics, as
-/// Kafka commits) removes that corner; the persister must then store the same
-/// shifted value in `messages.stream_offset` so REST history keeps agreeing.
-pub const OFFSET_SHIFT: i64 = 0;
+/// What clients see as a publication's offset is its Kafka offset plus this;
+/// see [`confab_common::record::STREAM_OFFSET_SHIFT`] (the persister stores
+/// the same value, so REST history agrees).
+pub const OFFSET_SHIFT: i64 = confab_common::record::STREAM_OFFSET_SHIFT;
 
 /// A client position (wire offset) as the Kafka offset it covers up to.
 fn from_wire(offset: u64) -> i64 {

@@ -142,7 +142,8 @@ impl Rows {
 
     fn push(&mut self, partition: i32, offset: i64, row: Row) {
         self.room_id.push(row.room_id);
-        self.stream_offset.push(offset);
+        self.stream_offset
+            .push(confab_common::record::stream_offset(offset));
         self.id.push(row.id);
         self.kind.push(row.kind);
         self.user_id.push(row.user_id);
@@ -331,10 +332,11 @@ mod tests {
             .zip(&batch.rows.stream_offset)
             .map(|(r, o)| (*r, *o))
             .collect();
-        assert_eq!(keys, vec![(a, 5), (a, 6), (a, 12), (b, 10)]);
+        // Stream positions are Kafka offsets plus one.
+        assert_eq!(keys, vec![(a, 6), (a, 7), (a, 13), (b, 11)]);
         assert_eq!(batch.rows.partition, vec![1, 1, 0, 0]);
         let one = batch.rows.single(2);
-        assert_eq!(one.stream_offset, vec![12]);
+        assert_eq!(one.stream_offset, vec![13]);
         assert_eq!(one.len(), 1);
     }
 }

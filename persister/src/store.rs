@@ -210,7 +210,10 @@ impl Store {
             match self.execute(&row, &none).await {
                 Ok(n) => stored.inserted += n,
                 Err(err) if err.is_data_error() => {
-                    let (partition, offset) = (row.partition[0], row.stream_offset[0]);
+                    let (partition, offset) = (
+                        row.partition[0],
+                        confab_common::record::kafka_offset(row.stream_offset[0]),
+                    );
                     tracing::warn!(partition, offset, error = %err, "record refused by PostgreSQL, stored as a dead letter");
                     stored.refused += 1;
                     dead.push(partition, offset, refused_row(&row, &err));
