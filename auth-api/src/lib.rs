@@ -126,15 +126,23 @@ pub enum StartError {
 }
 
 struct Shared {
+    /// Accounts, rooms and membership live here; history is read from here.
     db: PgPool,
+    /// Issues access and subscription tokens and checks access tokens.
     jwt: JwtKeys,
+    /// Produces membership records and waits for the broker's acknowledgement.
     events: Events,
     /// Buckets for login and join-by-password attempts.
     limiter: RateLimiter,
+    /// The per-user quota of failed attempts.
     rate_user: Quota,
+    /// The per-address quota of failed attempts.
     rate_ip: Quota,
+    /// Whether `X-Forwarded-For` names the client.
     trust_proxy: bool,
+    /// The Prometheus registry rendered at `/metrics`.
     metrics: PrometheusHandle,
+    /// Where the built web client is, served at `/`.
     web_dir: PathBuf,
 }
 
