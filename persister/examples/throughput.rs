@@ -11,7 +11,8 @@
 //! Latency: produces at a steady rate while the persister runs, then reports
 //! percentiles of publish-to-visible time, from the record's `ts_ms` (taken by
 //! the producer before the broker acks) to the row's `persisted_at` (the start
-//! of the transaction that made it visible to REST history):
+//! of the transaction that made it visible to REST history), and the same from
+//! the moment the producer got the broker's ack:
 //!
 //! ```text
 //! cargo run --release -p confab-persister --example throughput -- latency 2000 20 16
@@ -45,18 +46,17 @@ fn record(rooms: &[Uuid], i: usize) -> RoomRecord {
     )
 }
 
-async fn send(producer: &FutureProducer, topic: &str, rec: &RoomRecord) -> anyhow::Result<()> {
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    rec: &RoomRecord,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
     let key = rec.key();
     let payload = rec.encode();
     let mut r = FutureRecord::to(topic).key(&key).payload(&payload);
     loop {
         match producer.send_result(r) {
-            Ok(delivery) => {
-                // Only wait for the ack in latency mode; in bulk mode the
-                // final flush waits for all of them.
-                drop(delivery);
-                return Ok(());
-            }
+            Ok(delivery) => return Ok(delivery),
             Err((err, back)) => {
                 if !matches!(
                     err.rdkafka_error_code(),
@@ -110,7 +110,8 @@ async fn throughput(n: usize, partitions: i32) -> anyhow::Result<()> {
     let producer: FutureProducer = pc.create()?;
     let started = Instant::now();
     for i in 0..n {
-        send(&producer, &kafka.topic, &record(&rooms, i)).await?;
+        // The final flush waits for every ack.
+        drop(send(&producer, &kafka.topic, &record(&rooms, i)).await?);
     }
     producer.flush(Duration::from_secs(120))?;
     println!(
@@ -187,9 +188,18 @@ async fn latency(rate: u64, seconds: u64, partitions: i32) -> anyhow::Result<()>
     let n = (rate * seconds) as usize;
     let tick = Duration::from_secs_f64(1.0 / rate as f64);
     let started = tokio::time::Instant::now();
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     for i in 0..n {
         tokio::time::sleep_until(started + tick * i as u32).await;
-        send(&producer, &kafka.topic, &record(&rooms, i)).await?;
+        let rec = record(&rooms, i);
+        let delivery = send(&producer, &kafka.topic, &rec).await?;
+        let (acks, id) = (acks.clone(), rec.id);
+        tokio::spawn(async move {
+            if let Ok(Ok(_)) = delivery.await {
+                let at = confab_common::record::now_ms();
+                acks.lock().unwrap().push((id, at));
+            }
+        });
     }
     producer.flush(Duration::from_secs(60))?;
     while stats.records_persisted() < n as u64 {
@@ -216,6 +226,37 @@ async fn latency(rate: u64, seconds: u64, partitions: i32) -> anyhow::Result<()>
         "{count} records at {rate}/s for {seconds}s over {partitions} partitions: publish-to-visible ms p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
         p[0], p[1], p[2], p[3], max
     );
+
+    // The same from the broker's ack on, which leaves out the broker's
+    // own produce latency.
+    let persisted: std::collections::HashMap<Uuid, i64> = client
+        .query(
+            "SELECT id, (extract(epoch FROM persisted_at) * 1000)::int8 FROM messages",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut lags: Vec<i64> = acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, ack)| persisted.get(id).map(|at| at - ack))
+        .collect();
+    lags.sort_unstable();
+    if !lags.is_empty() {
+        let q = |f: f64| lags[((lags.len() - 1) as f64 * f) as usize];
+        println!(
+            "ack-to-visible ms over {} records: p50 {} p90 {} p99 {} p99.9 {} max {} (negative: visible before the ack arrived)",
+            lags.len(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            lags[lags.len() - 1]
+        );
+    }
     Ok(())
 }
 

@@ -80,7 +80,7 @@ impl Config {
             addr: listen_addr(env, "CONFAB_PERSISTER_ADDR", "127.0.0.1:9102")?,
             batch_size,
             batch_time: env.millis_or("CONFAB_PERSISTER_BATCH_MS", Duration::from_millis(20))?,
-            writers: env.parse_or("CONFAB_PERSISTER_WRITERS", 2)?.max(1),
+            writers: env.parse_or("CONFAB_PERSISTER_WRITERS", 4)?.max(1),
             retry_max: env.millis_or("CONFAB_PERSISTER_RETRY_MAX_MS", Duration::from_secs(5))?,
             lag_interval: env
                 .millis_or("CONFAB_PERSISTER_LAG_INTERVAL_MS", Duration::from_secs(5))?,
