@@ -39,6 +39,8 @@ fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> 
         None => DEFAULT_LIMIT,
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if n > 0 => n.min(MAX_LIMIT),
+            // Too many digits for an i64 is still a positive number: cap it.
+            Err(_) if raw.bytes().all(|b| b.is_ascii_digit()) => MAX_LIMIT,
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_limit",
@@ -53,9 +55,17 @@ fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> 
         .filter(|s| !s.is_empty())
     {
         None => i64::MAX,
-        Some(raw) => raw.parse::<i64>().map_err(|_| {
-            ApiError::bad_request("invalid_before", "before must be an integer offset")
-        })?,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) => n,
+            // Beyond every offset: the newest page.
+            Err(_) if raw.bytes().all(|b| b.is_ascii_digit()) => i64::MAX,
+            Err(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_before",
+                    "before must be an integer offset",
+                ))
+            }
+        },
     };
     Ok((limit, before))
 }
@@ -190,5 +200,9 @@ mod tests {
             assert!(page_params(&q(&[("limit", bad)])).is_err(), "{bad}");
         }
         assert!(page_params(&q(&[("before", "x")])).is_err());
+        let huge = "99999999999999999999999";
+        assert_eq!(page_params(&q(&[("limit", huge)])).unwrap().0, 200);
+        assert_eq!(page_params(&q(&[("before", huge)])).unwrap().1, i64::MAX);
+        assert!(page_params(&q(&[("limit", "-99999999999999999999999")])).is_err());
     }
 }
