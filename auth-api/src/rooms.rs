@@ -354,11 +354,11 @@ pub async fn join_room(
     RoomId(room): RoomId,
     OptionalJson(body): OptionalJson<JoinRoom>,
 ) -> Result<Json<Room>, ApiError> {
-    let mut conn = state.db().await?;
     // Joining goes by the room's rules even when the room is invisible to the
     // caller: knowing a password room's id and password is what admits, and
-    // an invite-only room answers `invite_required`.
-    let row = load_room(&*conn, room, caller.id)
+    // an invite-only room answers `invite_required`. The connection goes back
+    // to the pool during the password check, which may wait for a hashing slot.
+    let row = load_room(&*state.db().await?, room, caller.id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
     if row.is_member {
@@ -392,6 +392,7 @@ pub async fn join_room(
     } else {
         "member"
     };
+    let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
     let inserted = tx
         .execute(
