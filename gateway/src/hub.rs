@@ -739,6 +739,11 @@ mod tests {
         assert_eq!(epoch_for_topic("x").len(), 8);
     }
 
+    /// A Kafka offset as clients see it.
+    fn w(kafka: i64) -> u64 {
+        to_wire(kafka)
+    }
+
     fn hub(size: usize) -> Hub {
         let h = Hub::new(HubConfig {
             partitions: 1,
@@ -808,7 +813,7 @@ mod tests {
         );
         let (p, mut rx) = peer(Uuid::new_v4(), 16);
         let s = h.subscribe(room, &p, None);
-        assert_eq!(s.offset, 1, "position is the partition top");
+        assert_eq!(s.offset, w(1), "position is the partition top");
         assert_eq!(s.epoch, "ep");
         h.deliver(
             0,
@@ -817,7 +822,7 @@ mod tests {
         );
         let got = drain(&mut rx);
         assert!(got[0]["push"]["join"].is_object());
-        assert_eq!(got[1]["push"]["pub"]["offset"], 2);
+        assert_eq!(got[1]["push"]["pub"]["offset"], w(2));
         assert_eq!(got[1]["push"]["pub"]["data"]["text"], "c");
         assert_eq!(got.len(), 2);
     }
@@ -835,27 +840,28 @@ mod tests {
         }
         let (p, _rx) = peer(Uuid::new_v4(), 16);
         // Window holds 3,4,5; evicted up to 2.
-        let s = h.subscribe(room, &p, Some((2, "ep")));
+        let s = h.subscribe(room, &p, Some((w(2), "ep")));
         assert!(s.recovered && s.was_recovering);
-        let offs: Vec<u64> = s
+        let offs: Vec<i64> = s
             .publications
             .iter()
             .map(|b| {
                 serde_json::from_slice::<serde_json::Value>(b).unwrap()["offset"]
                     .as_u64()
+                    .map(from_wire)
                     .unwrap()
             })
             .collect();
         assert_eq!(offs, vec![3, 4, 5]);
-        assert_eq!(s.offset, 5);
-        let s = h.subscribe(room, &p, Some((1, "ep")));
+        assert_eq!(s.offset, w(5));
+        let s = h.subscribe(room, &p, Some((w(1), "ep")));
         assert!(
             !s.recovered && s.publications.is_empty(),
             "outside the window"
         );
-        let s = h.subscribe(room, &p, Some((4, "other")));
+        let s = h.subscribe(room, &p, Some((w(4), "other")));
         assert!(!s.recovered, "epoch mismatch");
-        let s = h.subscribe(room, &p, Some((5, "ep")));
+        let s = h.subscribe(room, &p, Some((w(5), "ep")));
         assert!(s.recovered && s.publications.is_empty());
     }
 
@@ -870,9 +876,9 @@ mod tests {
             &record(room, Uuid::new_v4(), RecordKind::Message, "x"),
         );
         let (p, mut rx) = peer(Uuid::new_v4(), 16);
-        let s = h.subscribe(room, &p, Some((6, "ep")));
+        let s = h.subscribe(room, &p, Some((w(6), "ep")));
         assert!(s.recovered);
-        assert_eq!(s.offset, 6);
+        assert_eq!(s.offset, w(6));
         h.deliver(
             0,
             5,
@@ -886,11 +892,11 @@ mod tests {
         let got = drain(&mut rx);
         let offs: Vec<_> = got
             .iter()
-            .filter_map(|v| v["push"]["pub"]["offset"].as_u64())
+            .filter_map(|v| v["push"]["pub"]["offset"].as_u64().map(from_wire))
             .collect();
         assert_eq!(offs, vec![7]);
         // Beyond the broker's end: not recoverable.
-        let s = h.subscribe(room, &p, Some((50, "ep")));
+        let s = h.subscribe(room, &p, Some((w(50), "ep")));
         assert!(!s.recovered);
     }
 
@@ -973,18 +979,19 @@ mod tests {
                 &record(room, Uuid::new_v4(), RecordKind::Message, "m"),
             );
         }
-        let offs = |r: History| -> Vec<u64> {
+        let offs = |r: History| -> Vec<i64> {
             r.publications
                 .iter()
                 .map(|b| {
                     serde_json::from_slice::<serde_json::Value>(b).unwrap()["offset"]
                         .as_u64()
+                        .map(from_wire)
                         .unwrap()
                 })
                 .collect()
         };
         assert!(offs(h.history(room, 0, None, false).unwrap()).is_empty());
-        assert_eq!(h.history(room, 0, None, false).unwrap().offset, 9);
+        assert_eq!(h.history(room, 0, None, false).unwrap().offset, w(9));
         assert_eq!(
             offs(h.history(room, -1, None, false).unwrap()),
             vec![1, 4, 6, 9]
@@ -992,17 +999,17 @@ mod tests {
         assert_eq!(offs(h.history(room, 2, None, false).unwrap()), vec![1, 4]);
         assert_eq!(offs(h.history(room, 2, None, true).unwrap()), vec![9, 6]);
         assert_eq!(
-            offs(h.history(room, 10, Some((4, "ep")), false).unwrap()),
+            offs(h.history(room, 10, Some((w(4), "ep")), false).unwrap()),
             vec![6, 9]
         );
         assert_eq!(
-            offs(h.history(room, 10, Some((6, "")), true).unwrap()),
+            offs(h.history(room, 10, Some((w(6), "")), true).unwrap()),
             vec![4, 1]
         );
-        assert!(h.history(room, 10, Some((4, "bad")), false).is_err());
+        assert!(h.history(room, 10, Some((w(4), "bad")), false).is_err());
         let fresh = hub(1);
         fresh.init_partition(0, 10, 10);
-        assert!(fresh.history(room, 10, Some((3, "ep")), false).is_err());
+        assert!(fresh.history(room, 10, Some((w(3), "ep")), false).is_err());
     }
 
     #[test]
@@ -1024,8 +1031,8 @@ mod tests {
         // The idle room is gone: recovering from before its last record must
         // not claim success with nothing; from after it, it may.
         let (q, _qrx) = peer(Uuid::new_v4(), 16);
-        assert!(!h.subscribe(idle, &q, Some((1, "ep"))).recovered);
-        let r = h.subscribe(idle, &q, Some((2, "ep")));
+        assert!(!h.subscribe(idle, &q, Some((w(1), "ep"))).recovered);
+        let r = h.subscribe(idle, &q, Some((w(2), "ep")));
         assert!(r.recovered && r.publications.is_empty());
     }
 
@@ -1042,12 +1049,12 @@ mod tests {
             );
         }
         let (p, _rx) = peer(Uuid::new_v4(), 16);
-        let r = h.subscribe(room, &p, Some((0, "ep")));
+        let r = h.subscribe(room, &p, Some((w(0), "ep")));
         assert!(
             !r.recovered,
             "59 x 15 KB is over the budget: fall back to REST"
         );
-        let r = h.subscribe(room, &p, Some((50, "ep")));
+        let r = h.subscribe(room, &p, Some((w(50), "ep")));
         assert!(r.recovered && r.publications.len() == 9);
         let hist = h.history(room, -1, None, false).unwrap();
         let total: usize = hist.publications.iter().map(Bytes::len).sum();
