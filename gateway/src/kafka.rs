@@ -6,7 +6,7 @@
 //! recovery for it. [`Consumer::caught_up`] turns true once the start-time
 //! high watermarks are reached.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub async fn discover_partitions(
 
 /// The running consumer.
 pub struct Consumer {
+    /// False while the broker does not answer watermark queries (checked
+    /// every 5 s), for `/healthz`.
+    pub broker_up: Arc<AtomicBool>,
     /// True once the start-time high watermarks are reached.
     pub caught_up: watch::Receiver<bool>,
     /// The consumer task; it ends when shutdown is cancelled.
@@ -131,10 +134,12 @@ pub async fn start_consumer(
         let _ = tx.send(true);
     }
 
+    let broker_up = Arc::new(AtomicBool::new(true));
     tokio::spawn(report_lag(
         Arc::clone(&consumer),
         topic.clone(),
         Arc::clone(&hub),
+        Arc::clone(&broker_up),
         shutdown.clone(),
     ));
 
@@ -174,6 +179,7 @@ pub async fn start_consumer(
         }
     });
     Ok(Consumer {
+        broker_up,
         caught_up: rx,
         task,
     })
@@ -184,6 +190,7 @@ async fn report_lag(
     consumer: Arc<StreamConsumer>,
     topic: String,
     hub: Arc<Hub>,
+    broker_up: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -208,6 +215,14 @@ async fn report_lag(
         else {
             continue;
         };
+        let up = marks.iter().all(Option::is_some);
+        if broker_up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!("broker reachable again");
+            } else {
+                tracing::warn!("broker not answering watermark queries");
+            }
+        }
         let mut lag = 0i64;
         for (p, mark) in marks.into_iter().enumerate() {
             if let Some((_, high)) = mark {

@@ -193,6 +193,8 @@ pub(crate) struct Inner {
     pub(crate) sockets: AtomicUsize,
     /// True once the consumer has caught up with the topic.
     pub(crate) ready: AtomicBool,
+    /// False while the broker does not answer.
+    pub(crate) broker_up: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -261,6 +263,7 @@ pub async fn run(
         tracker: TaskTracker::new(),
         sockets: AtomicUsize::new(0),
         ready: AtomicBool::new(*consumer.caught_up.borrow()),
+        broker_up: Arc::clone(&consumer.broker_up),
         metrics: handle,
     }));
     {

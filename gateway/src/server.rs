@@ -70,7 +70,7 @@ fn route(gw: Gateway, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/connection/websocket") => upgrade(gw, req),
         (&Method::GET, "/healthz") => {
-            let ready = gw.ready.load(Ordering::Acquire);
+            let ready = gw.ready.load(Ordering::Acquire) && gw.broker_up.load(Ordering::Acquire);
             confab_common::ops::Health::ok("gateway")
                 .check("kafka", ready)
                 .into_response()
