@@ -33,6 +33,7 @@ pub struct Produced {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StoredRow {
     pub partition: i32,
+    /// The stream position: the Kafka offset plus one.
     pub offset: i64,
     pub room_id: Uuid,
     pub id: Uuid,
@@ -48,7 +49,7 @@ impl StoredRow {
         let r = p.record.as_ref()?;
         Some(Self {
             partition: p.partition,
-            offset: p.offset,
+            offset: confab_common::record::stream_offset(p.offset),
             room_id: r.room_id,
             id: r.id,
             kind: r.kind.as_str().to_owned(),
@@ -296,9 +297,18 @@ pub async fn assert_exactly_once(url: &str, produced: &[Produced]) {
         .iter()
         .map(|r| ((r.partition, r.offset), r))
         .collect();
+    let acked_at: std::collections::HashMap<Uuid, (i32, i64)> = expected
+        .iter()
+        .map(|e| (e.id, (e.partition, e.offset)))
+        .collect();
     for e in &expected {
         match by_key.get(&(e.partition, e.offset)) {
-            Some(s) => assert_eq!(*s, e, "stored row differs from the record"),
+            Some(s) => assert_eq!(
+                *s,
+                e,
+                "stored row differs from the record; the stored record is the one at {:?}",
+                acked_at.get(&s.id)
+            ),
             None => missing += 1,
         }
     }
