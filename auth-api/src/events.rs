@@ -22,61 +22,58 @@
 use std::time::Duration;
 
 use confab_common::config::KafkaConfig;
+use confab_common::producer::{ProduceError, RoomProducer};
 use confab_common::record::RoomRecord;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use confab_common::stream::LayoutWatch;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 
-/// Produces room records and waits for their delivery reports.
-#[derive(Clone)]
-pub struct Events {
-    producer: FutureProducer,
-    /// The room topic (`CONFAB_KAFKA_TOPIC`).
-    topic: String,
-    /// How long a record may wait in the local queue when it is full.
-    queue_timeout: Duration,
-}
+/// How often the topic's layout is checked while the service runs.
+const LAYOUT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Events")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
+/// Produces room records and waits for their delivery reports.
+#[derive(Clone, Debug)]
+pub struct Events {
+    producer: RoomProducer,
 }
 
 impl Events {
     /// Creates the producer. It connects lazily, so this succeeds while the
     /// broker is down.
     pub fn new(config: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer: FutureProducer = confab_common::kafka::producer_config(config).create()?;
+        let layout = LayoutWatch::new(config)?;
         Ok(Self {
-            producer,
-            topic: config.topic.clone(),
-            queue_timeout: Duration::from_millis(u64::from(config.message_timeout_ms)),
+            producer: RoomProducer::new(config, layout)?,
         })
     }
 
+    /// Keeps the topic's layout current until `shutdown`.
+    pub fn watch(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        self.producer
+            .layout()
+            .spawn(LAYOUT_CHECK_INTERVAL, shutdown)
+    }
+
     /// Produces `record` and returns once the broker has acknowledged it,
-    /// with its partition and offset.
+    /// with its partition and Kafka offset.
     pub async fn publish(&self, record: &RoomRecord) -> Result<(i32, i64), ApiError> {
-        let key = record.key();
-        let payload = record.encode();
+        let layout = self.producer.layout();
+        if layout.layout().is_none() {
+            // Not loaded yet (or the topic was missing): look now.
+            layout.refresh_unless_recent(Duration::from_secs(1)).await;
+        }
         let started = std::time::Instant::now();
-        let result = self
-            .producer
-            .send(
-                FutureRecord::to(&self.topic).key(&key).payload(&payload),
-                Timeout::After(self.queue_timeout),
-            )
-            .await;
+        let result = self.producer.send(record.clone()).await;
         metrics::histogram!("confab_api_produce_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-            Err((err, _)) => {
+            Ok(delivered) => Ok((delivered.partition, delivered.offset.0)),
+            Err(err) => {
                 metrics::counter!("confab_api_produce_errors_total").increment(1);
+                if let ProduceError::Unavailable(why) = &err {
+                    tracing::warn!(problem = %why, "room topic not usable");
+                }
                 Err(ApiError::Broker(err.to_string()))
             }
         }
@@ -93,8 +90,6 @@ impl Events {
 
     /// Waits for queued records to be delivered, at most `timeout`.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(err) = self.producer.flush(Timeout::After(timeout)) {
-            tracing::warn!(%err, "producer flush incomplete at shutdown");
-        }
+        self.producer.flush(timeout);
     }
 }

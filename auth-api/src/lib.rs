@@ -394,6 +394,8 @@ pub async fn run(
         password::dummy_hash();
     });
     let events = state.events().clone();
+    let watch_stop = CancellationToken::new();
+    let watcher = events.watch(watch_stop.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-api listening");
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -410,6 +412,8 @@ pub async fn run(
         } => tracing::warn!(?SHUTDOWN_GRACE, "grace period over, closing remaining connections"),
     }
     events.flush(Duration::from_secs(5));
+    watch_stop.cancel();
+    let _ = watcher.await;
     tracing::info!("auth-api stopped");
     Ok(())
 }

@@ -144,13 +144,18 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// The room topic (`CONFAB_KAFKA_TOPIC`).
     pub topic: String,
-    /// `fetch.wait.max.ms` for consumers (`CONFAB_KAFKA_FETCH_WAIT_MAX_MS`).
-    /// tansu answers fetches at once instead of long-polling, so a small value
-    /// keeps latency low there; Apache Kafka is fine with the librdkafka default.
+    /// `fetch.wait.max.ms` for consumers (`CONFAB_KAFKA_FETCH_WAIT_MAX_MS`):
+    /// how long an idle fetch waits on the broker. Kafka answers a fetch as
+    /// soon as a byte is there (`fetch.min.bytes=1`), so this bounds only idle
+    /// polling, never latency.
     pub fetch_wait_max_ms: u32,
     /// `message.timeout.ms` for producers (`CONFAB_KAFKA_MESSAGE_TIMEOUT_MS`): how
-    /// long a publish may wait for the broker before it fails.
+    /// long a publish may wait for the broker before it fails. It outlasts a
+    /// leader failover (a dead broker is fenced within seconds).
     pub message_timeout_ms: u32,
+    /// `linger.ms` for producers (`CONFAB_KAFKA_LINGER_MS`): how long a record
+    /// waits for others to share its request. 0 sends at once.
+    pub linger_ms: u32,
 }
 
 impl KafkaConfig {
@@ -158,8 +163,9 @@ impl KafkaConfig {
         Ok(Self {
             brokers: env.required("KAFKA_BROKERS")?,
             topic: env.string_or("CONFAB_KAFKA_TOPIC", "confab.rooms"),
-            fetch_wait_max_ms: env.parse_or("CONFAB_KAFKA_FETCH_WAIT_MAX_MS", 10)?,
-            message_timeout_ms: env.parse_or("CONFAB_KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?,
+            fetch_wait_max_ms: env.parse_or("CONFAB_KAFKA_FETCH_WAIT_MAX_MS", 100)?,
+            message_timeout_ms: env.parse_or("CONFAB_KAFKA_MESSAGE_TIMEOUT_MS", 30_000)?,
+            linger_ms: env.parse_or("CONFAB_KAFKA_LINGER_MS", 0)?,
         })
     }
 }
@@ -226,7 +232,9 @@ mod tests {
         let k = KafkaConfig::from_env(&env).unwrap();
         assert_eq!(k.topic, "confab.rooms");
         assert_eq!(k.brokers, "b:9092");
-        assert_eq!(k.fetch_wait_max_ms, 10);
+        assert_eq!(k.fetch_wait_max_ms, 100);
+        assert_eq!(k.message_timeout_ms, 30_000);
+        assert_eq!(k.linger_ms, 0);
     }
 
     #[test]

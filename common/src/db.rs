@@ -132,11 +132,18 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
 }
 
 /// The migrations, in order. Each runs once, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_positions.sql",
+        include_str!("../../migrations/0002_positions.sql"),
+    ),
+];
 
 /// Applies every migration not yet recorded in `schema_migrations`. Returns
 /// the names of those applied now. Safe to run concurrently: an advisory lock

@@ -1,6 +1,11 @@
-//! Kafka client settings shared by every producer and consumer.
+//! Kafka client settings shared by every producer and consumer, and topic
+//! creation.
 //!
-//! librdkafka is the one bundled by rdkafka (Debian's is too old for tansu).
+//! librdkafka is the one bundled by rdkafka. The settings aim at low latency
+//! on a long-polling broker: producers send at once (`linger.ms`, default 0)
+//! and wait for every in-sync replica (`acks=all`, idempotent); consumers are
+//! answered as soon as one byte is there (`fetch.min.bytes=1`) and idle
+//! fetches wait `fetch.wait.max.ms` on the broker.
 
 use std::time::Duration;
 
@@ -34,16 +39,20 @@ fn base(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// A producer that never reports success for a record the broker has not
-/// stored: idempotent, `acks=all`, bounded by `message.timeout.ms`. Records
-/// are keyed by room and partitioned with murmur2, as Java clients do.
+/// stored: idempotent, `acks=all`, bounded by `message.timeout.ms`. Room
+/// records name their partition (see [`crate::stream`]); records without one
+/// are partitioned with murmur2 of the key, which picks the same partition.
 pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = base(config);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         .set("partitioner", "murmur2_random")
-        .set("linger.ms", "1")
-        .set("compression.type", "none");
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("compression.type", "none")
+        // Never create the room topic by producing to it: a topic created
+        // that way has the broker's default partitions and no geneses.
+        .set("allow.auto.create.topics", "false");
     c
 }
 
@@ -54,6 +63,8 @@ pub fn consumer_config(config: &KafkaConfig, group: Option<&str>) -> ClientConfi
     c.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", "1")
+        .set("allow.auto.create.topics", "false")
         .set("enable.partition.eof", "false");
     match group {
         Some(g) => {
@@ -71,14 +82,17 @@ pub fn consumer_config(config: &KafkaConfig, group: Option<&str>) -> ClientConfi
     c
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
+/// Creates `topic` with `partitions` partitions unless it exists, with the
+/// cluster's default replication (so a three-node cluster replicates it three
+/// times, with its `min.insync.replicas`). Geneses are written separately
+/// ([`crate::stream::write_geneses`]).
 pub async fn ensure_topic(
     config: &KafkaConfig,
     topic: &str,
     partitions: i32,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base(config).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new], &opts).await?;
     for result in results {

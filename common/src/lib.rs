@@ -1,18 +1,23 @@
 //! The library every Confab binary shares.
 //!
 //! It owns what must be the same everywhere: typed configuration from the
-//! environment ([`config`]), the versioned Kafka record ([`record`]), JWT
-//! issuing and checking ([`jwt`]), Postgres pools and migrations ([`db`]),
-//! Kafka client settings ([`kafka`]), logs and metrics ([`telemetry`]),
-//! health and metrics endpoints ([`ops`]) and graceful shutdown ([`shutdown`]).
+//! environment ([`config`]), the versioned Kafka records ([`record`]), stream
+//! positions ([`position`]) and the topic layout that gives them
+//! ([`stream`]), the one room-record producer ([`producer`]), JWT issuing and
+//! checking ([`jwt`]), Postgres pools and migrations ([`db`]), Kafka client
+//! settings ([`kafka`]), logs and metrics ([`telemetry`]), health and metrics
+//! endpoints ([`ops`]) and graceful shutdown ([`shutdown`]).
 
 pub mod config;
 pub mod db;
 pub mod jwt;
 pub mod kafka;
 pub mod ops;
+pub mod position;
+pub mod producer;
 pub mod record;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -13,6 +13,9 @@ pub struct Health {
     /// Per-dependency state, such as `{"database": "down"}`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<(&'static str, &'static str)>,
+    /// Why a check is down, where there is more to say than "down".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<(&'static str, String)>,
 }
 
 impl Health {
@@ -21,6 +24,7 @@ impl Health {
             status: "ok",
             service,
             checks: Vec::new(),
+            problems: Vec::new(),
         }
     }
 
@@ -31,6 +35,14 @@ impl Health {
             self.status = "degraded";
         }
         self
+    }
+
+    /// A check that is down when there is a `problem`, with it as the reason.
+    pub fn check_problem(mut self, name: &'static str, problem: Option<&str>) -> Self {
+        if let Some(p) = problem {
+            self.problems.push((name, p.to_owned()));
+        }
+        self.check(name, problem.is_none())
     }
 
     pub fn is_ok(&self) -> bool {
@@ -50,11 +62,19 @@ impl IntoResponse for Health {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).into()))
             .collect();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "status": self.status,
             "service": self.service,
             "checks": checks,
         });
+        if !self.problems.is_empty() {
+            body["problems"] = self
+                .problems
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(v.as_str())))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
         (status, axum::Json(body)).into_response()
     }
 }

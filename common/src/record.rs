@@ -1,9 +1,14 @@
-//! The one record that travels through Kafka.
+//! The records that travel through Kafka.
 //!
 //! Every chat message and membership event is a [`RoomRecord`], produced to the
-//! room topic with the room id as key, so that one room's records share a
-//! partition and therefore one order. The broker assigns the offset; that
-//! offset is the stream position clients see and the `offset` in REST history.
+//! room topic with the room id as key, to the partition the topic's layout
+//! gives the room (see [`crate::stream`]), so that one room's records share a
+//! partition and therefore one order. The broker assigns the offset; the
+//! offset and the partition's incarnation give the record its stream
+//! position (see [`crate::position`]).
+//!
+//! The first record of each partition incarnation is a [`Genesis`], keyed
+//! [`GENESIS_KEY`]; it is never shown to clients or stored as a message.
 //!
 //! The encoding is JSON with a version field `v`. Readers reject versions they
 //! do not know instead of guessing.
@@ -12,26 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// The record version this build writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+/// The record version this build writes. It reads this one and version 1
+/// (which lacks `base`).
+pub const RECORD_VERSION: u8 = 2;
 
-/// A record's stream position is its Kafka offset plus this: "next offset"
-/// semantics, as Kafka commits use. The SDKs (centrifuge-js, centrifuge-python)
-/// read an offset of 0 as "no position", so the first record of a partition
-/// must not be position 0. The gateway sends this position as the
-/// publication `offset`, and the persister stores it as
-/// `messages.stream_offset`, so REST history and the WebSocket agree.
-pub const STREAM_OFFSET_SHIFT: i64 = 1;
-
-/// The stream position of the record at `kafka_offset`.
-pub fn stream_offset(kafka_offset: i64) -> i64 {
-    kafka_offset + STREAM_OFFSET_SHIFT
-}
-
-/// The Kafka offset of the record at stream position `stream_offset`.
-pub fn kafka_offset(stream_offset: i64) -> i64 {
-    stream_offset - STREAM_OFFSET_SHIFT
-}
+/// The Kafka key of genesis records.
+pub const GENESIS_KEY: &[u8] = b"confab.genesis";
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,6 +83,72 @@ pub struct RoomRecord {
     /// When the producer built the record, in Unix milliseconds. Used for
     /// `created_at` and for publish-to-deliver latency.
     pub ts_ms: i64,
+    /// The base of the partition incarnation the producer believed current.
+    /// Readers compute positions from the log, not from this; a value that
+    /// differs from theirs tells them to check the topic's layout (it may
+    /// have been created again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+}
+
+/// The first record of a partition incarnation (see [`crate::stream`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    pub v: u8,
+    /// Identifies this genesis among racing ones.
+    pub id: Uuid,
+    /// The incarnation's base: positions of its records are `base + offset + 1`.
+    pub base: u64,
+    /// How many partitions rooms are spread over (the topic's layout).
+    pub partitions: u32,
+    pub ts_ms: i64,
+}
+
+impl Genesis {
+    pub fn new(base: u64, partitions: u32) -> Self {
+        Self {
+            v: RECORD_VERSION,
+            id: Uuid::now_v7(),
+            base,
+            partitions,
+            ts_ms: now_ms(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Genesis always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let g: Self = serde_json::from_slice(bytes)?;
+        check_version(g.v)?;
+        Ok(g)
+    }
+}
+
+/// Any record of the room topic.
+#[derive(Debug, Clone)]
+pub enum TopicRecord {
+    Room(RoomRecord),
+    Genesis(Genesis),
+}
+
+impl TopicRecord {
+    /// Reads a Kafka record by its key and payload.
+    pub fn decode(key: Option<&[u8]>, payload: &[u8]) -> Result<Self, RecordError> {
+        if key == Some(GENESIS_KEY) {
+            Genesis::decode(payload).map(Self::Genesis)
+        } else {
+            RoomRecord::decode(payload).map(Self::Room)
+        }
+    }
+}
+
+fn check_version(v: u8) -> Result<(), RecordError> {
+    if v == 0 || v > RECORD_VERSION {
+        return Err(RecordError::UnsupportedVersion(v));
+    }
+    Ok(())
 }
 
 /// Why a record could not be read or built.
@@ -99,7 +156,7 @@ pub struct RoomRecord {
 pub enum RecordError {
     #[error("record is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("record version {0} is not supported (this build reads {RECORD_VERSION})")]
+    #[error("record version {0} is not supported (this build reads 1 to {RECORD_VERSION})")]
     UnsupportedVersion(u8),
     #[error("unknown record kind {0:?}")]
     UnknownKind(String),
@@ -122,6 +179,7 @@ impl RoomRecord {
             user,
             data,
             ts_ms: now_ms(),
+            base: None,
         }
     }
 
@@ -139,6 +197,7 @@ impl RoomRecord {
             user,
             data,
             ts_ms: now_ms(),
+            base: None,
         }
     }
 
@@ -154,15 +213,24 @@ impl RoomRecord {
 
     /// Reads a Kafka payload, checking the version.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        #[derive(Deserialize)]
-        struct Version {
-            v: u8,
+        match serde_json::from_slice::<Self>(bytes) {
+            Ok(record) => {
+                check_version(record.v)?;
+                Ok(record)
+            }
+            Err(err) => {
+                // A record of an unknown version may not parse at all; say so
+                // rather than only "missing field".
+                #[derive(Deserialize)]
+                struct Version {
+                    v: u8,
+                }
+                if let Ok(Version { v }) = serde_json::from_slice(bytes) {
+                    check_version(v)?;
+                }
+                Err(err.into())
+            }
         }
-        let Version { v } = serde_json::from_slice(bytes)?;
-        if v != RECORD_VERSION {
-            return Err(RecordError::UnsupportedVersion(v));
-        }
-        Ok(serde_json::from_slice(bytes)?)
     }
 }
 
@@ -206,13 +274,41 @@ mod tests {
             RawValue::from_string("{}".into()).unwrap(),
         );
         let mut json: serde_json::Value = serde_json::from_slice(&rec.encode()).unwrap();
-        json["v"] = 2.into();
+        json["v"] = 9.into();
         assert!(matches!(
             RoomRecord::decode(json.to_string().as_bytes()),
-            Err(RecordError::UnsupportedVersion(2))
+            Err(RecordError::UnsupportedVersion(9))
         ));
+        json["v"] = 1.into();
+        assert!(
+            RoomRecord::decode(json.to_string().as_bytes()).is_ok(),
+            "version 1 is still read"
+        );
         assert!(RoomRecord::decode(b"not json").is_err());
         assert!(RoomRecord::decode(br#"{"v":1}"#).is_err());
+    }
+
+    #[test]
+    fn topic_records_are_told_apart_by_key() {
+        let g = Genesis::new(1_700_000_000_000_000, 16);
+        match TopicRecord::decode(Some(GENESIS_KEY), &g.encode()).unwrap() {
+            TopicRecord::Genesis(back) => assert_eq!(back, g),
+            other => panic!("{other:?}"),
+        }
+        let rec = RoomRecord::message(
+            Uuid::new_v4(),
+            alice(),
+            RawValue::from_string("{}".into()).unwrap(),
+        );
+        let key = rec.key();
+        assert!(matches!(
+            TopicRecord::decode(Some(key.as_bytes()), &rec.encode()).unwrap(),
+            TopicRecord::Room(_)
+        ));
+        assert!(TopicRecord::decode(Some(GENESIS_KEY), &rec.encode()).is_err());
+        let mut stamped = rec.clone();
+        stamped.base = Some(7);
+        assert_eq!(RoomRecord::decode(&stamped.encode()).unwrap().base, Some(7));
     }
 
     #[test]

@@ -40,18 +40,33 @@ impl TestDb {
     }
 }
 
-/// Kafka settings for a fresh topic with `partitions` partitions.
+/// Kafka settings for a fresh topic with `partitions` partitions and their
+/// geneses, on `KAFKA_BROKERS`.
 pub async fn test_topic(partitions: i32) -> KafkaConfig {
+    test_topic_on(&require_env("KAFKA_BROKERS"), partitions).await
+}
+
+/// [`test_topic`] on the cluster at `brokers`.
+pub async fn test_topic_on(brokers: &str, partitions: i32) -> KafkaConfig {
     let config = KafkaConfig {
-        brokers: require_env("KAFKA_BROKERS"),
+        brokers: brokers.to_owned(),
         topic: format!("confab.test.{}", uuid::Uuid::new_v4().simple()),
-        fetch_wait_max_ms: 10,
-        message_timeout_ms: 10_000,
+        fetch_wait_max_ms: 100,
+        message_timeout_ms: 30_000,
+        linger_ms: 0,
     };
-    crate::kafka::ensure_topic(&config, &config.topic, partitions)
+    create_topic(&config, partitions).await;
+    config
+}
+
+/// Creates `config.topic` with its geneses, as `confab-admin create-topic` does.
+pub async fn create_topic(config: &KafkaConfig, partitions: i32) {
+    crate::kafka::ensure_topic(config, &config.topic, partitions)
         .await
         .expect("create test topic");
-    config
+    crate::stream::write_geneses(config, crate::position::Position::ZERO)
+        .await
+        .expect("write geneses");
 }
 
 /// A JWT secret for tests.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use confab_common::position::{Base, Position};
 use confab_common::record::{RecordKind, RoomRecord, UserRef};
 use confab_gateway::hub::{Hub, HubConfig, Outbound, Peer};
 use confab_gateway::protocol;
@@ -35,12 +36,13 @@ fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.bench_function("publication+push", |b| {
         b.iter(|| {
-            let p = protocol::encode_publication(black_box(data), &info, 123_456);
+            let p =
+                protocol::encode_publication(black_box(data), &info, 123_456, &uuid::Uuid::nil());
             protocol::encode_pub_push("room:6f1c9d2e-8c0a-4f55-9a51-1f3e6c1b2a77", &p)
         })
     });
     let pubs: Vec<_> = (0..20)
-        .map(|i| protocol::encode_publication(data, &info, i))
+        .map(|i| protocol::encode_publication(data, &info, i, &uuid::Uuid::nil()))
         .collect();
     g.bench_function("subscribe reply with 20 recovered", |b| {
         let mut buf = Vec::with_capacity(8192);
@@ -64,11 +66,10 @@ fn fan_out(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 1000;
     let hub = Hub::new(HubConfig {
         partitions: 1,
-        epoch: "e".into(),
         history_size: 1000,
         history_ttl_ms: 0,
     });
-    hub.init_partition(0, 0, 0);
+    hub.init_partition(0, Base(1_000), Position(1_000), Position(1_000));
     let room = Uuid::new_v4();
     let mut queues = Vec::with_capacity(SUBSCRIBERS);
     for _ in 0..SUBSCRIBERS {
@@ -94,7 +95,7 @@ fn fan_out(c: &mut Criterion) {
             .unwrap(),
     );
     assert_eq!(record.kind, RecordKind::Message);
-    let mut offset = 0i64;
+    let mut offset = 1_000u64;
     let mut g = c.benchmark_group("fan-out");
     g.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     g.bench_function("one publication to 1000 subscribers", |b| {
@@ -106,7 +107,7 @@ fn fan_out(c: &mut Criterion) {
             },
             |()| {
                 offset += 1;
-                hub.deliver(0, offset, black_box(&record));
+                hub.deliver(0, Position(offset), black_box(&record));
             },
             BatchSize::PerIteration,
         )

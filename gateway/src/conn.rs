@@ -15,7 +15,6 @@ use fastwebsockets::{
     Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
 };
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::producer::FutureRecord;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -508,31 +507,28 @@ impl Session {
             id: peer.user,
             username: peer.username.clone(),
         };
+        if let Some(problem) = self.gw.publish_problem() {
+            tracing::warn!(%problem, "publication refused");
+            metrics::counter!(m::PUBLISH_FAILURES).increment(1);
+            return Err(ProtoError::NOT_AVAILABLE);
+        }
         let record = RoomRecord::message(room, user, data);
-        let payload = record.encode();
-        let key = record.key();
         let started = Instant::now();
-        let sent = self.gw.producer.send_result(
-            FutureRecord::to(&self.gw.config.kafka.topic)
-                .key(&key)
-                .payload(&payload),
-        );
-        match sent {
+        match self.gw.producer.enqueue(record) {
             Ok(delivery) => {
                 inflight.push(Box::pin(async move {
                     let ok = match delivery.await {
-                        Ok(Ok(_)) => true,
-                        Ok(Err((err, _))) => {
+                        Ok(_) => true,
+                        Err(err) => {
                             tracing::warn!(%err, "publication not acknowledged by the broker");
                             false
                         }
-                        Err(_) => false,
                     };
                     (id, started, ok)
                 }));
                 Ok(())
             }
-            Err((err, _)) => {
+            Err(err) => {
                 tracing::warn!(%err, "cannot enqueue publication");
                 metrics::counter!(m::PUBLISH_FAILURES).increment(1);
                 Err(ProtoError::NOT_AVAILABLE)

@@ -7,17 +7,21 @@
 //! follow it never overlap or leave a gap.
 //!
 //! Positions: a room lives in one partition, and a publication's offset is its
-//! Kafka offset there. A subscriber's position may be any offset of that
-//! partition (offsets have gaps because rooms share partitions). The window of
-//! a room holds every publication of the room with an offset above its
-//! `floor`: the larger of "where this instance started reading the
-//! partition" and "the newest publication evicted from the window".
+//! stream position there ([`confab_common::position`]); the hub only ever sees
+//! positions, never Kafka offsets. A subscriber's position may be any position
+//! of that partition (they have gaps because rooms share partitions). The
+//! window of a room holds every publication of the room with a position above
+//! its floor: the larger of "where this instance started reading the
+//! partition" and "the newest publication evicted from the window". The epoch
+//! is the partition's incarnation; when it changes, the rooms of that
+//! partition start over.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use confab_common::position::{Base, Position};
 use confab_common::record::{RecordKind, RoomRecord};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -121,42 +125,54 @@ pub struct Entry {
 
 struct Sub {
     peer: Arc<Peer>,
-    /// Offsets up to this one were already delivered (by recovery on a
+    /// Positions up to this one were already delivered (by recovery on a
     /// gateway that had read further); they are not pushed again.
-    skip_until: i64,
+    skip_until: u64,
 }
 
 struct Room {
     channel: Arc<str>,
     partition: usize,
     window: VecDeque<Entry>,
-    /// The newest offset evicted from the window, or -1.
-    evicted: i64,
+    /// The newest position evicted from the window, or 0.
+    evicted: u64,
     subs: HashMap<u64, Sub>,
     /// Users whose latest membership record is `member_left`, with that
     /// record's time (Unix ms): their older subscription tokens are refused.
     departed: HashMap<Uuid, i64>,
 }
 
-/// Per-partition progress of this instance's consumer.
+/// Per-partition progress of this instance's consumer, in positions.
 #[derive(Debug)]
 pub struct PartitionState {
-    /// The last offset processed, or `floor` before any.
-    pub top: AtomicI64,
-    /// Every record after this offset has been (or will be) processed: the
-    /// offset before the one this instance started reading at.
-    pub floor: AtomicI64,
-    /// The broker's high watermark, as last seen.
-    pub high: AtomicI64,
+    /// The incarnation's base; its epoch is what clients see.
+    base: AtomicU64,
+    /// The last position processed, or `floor` before any.
+    pub top: AtomicU64,
+    /// Every record after this position has been (or will be) processed:
+    /// the position before the one this instance started reading at.
+    pub floor: AtomicU64,
+    /// The position of the broker's last record, as last seen.
+    pub high: AtomicU64,
 }
 
 impl PartitionState {
     fn new() -> Self {
         Self {
-            top: AtomicI64::new(-1),
-            floor: AtomicI64::new(-1),
-            high: AtomicI64::new(0),
+            base: AtomicU64::new(0),
+            top: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
+            high: AtomicU64::new(0),
         }
+    }
+
+    /// The incarnation this instance reads.
+    pub fn base(&self) -> Base {
+        Base(self.base.load(Ordering::Acquire))
+    }
+
+    fn epoch(&self) -> String {
+        self.base().epoch()
     }
 }
 
@@ -164,7 +180,6 @@ impl PartitionState {
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub partitions: usize,
-    pub epoch: String,
     /// Publications kept per room.
     pub history_size: usize,
     /// Publications older than this are dropped from windows (0 = never).
@@ -223,73 +238,6 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// What clients see as a publication's offset is its Kafka offset plus this;
-/// see [`confab_common::record::STREAM_OFFSET_SHIFT`] (the persister stores
-/// the same value, so REST history agrees).
-pub const OFFSET_SHIFT: i64 = confab_common::record::STREAM_OFFSET_SHIFT;
-
-/// A client position (wire offset) as the Kafka offset it covers up to.
-fn from_wire(offset: u64) -> i64 {
-    (offset.min(i64::MAX as u64) as i64) - OFFSET_SHIFT
-}
-
-/// A Kafka offset as the wire offset clients see.
-fn to_wire(offset: i64) -> u64 {
-    (offset + OFFSET_SHIFT).max(0) as u64
-}
-
-/// Kafka's murmur2 (as in the Java client and librdkafka's `murmur2`
-/// partitioners).
-pub fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h: u32 = SEED ^ (len as u32);
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-/// The partition the producer's `murmur2_random` partitioner picks for a room.
-pub fn room_partition(room: Uuid, partitions: usize) -> usize {
-    let key = room.to_string();
-    ((murmur2(key.as_bytes()) & 0x7fff_ffff) as usize) % partitions.max(1)
-}
-
-/// A deterministic epoch for a topic: every instance reading the same topic
-/// computes the same one.
-pub fn epoch_for_topic(topic: &str) -> String {
-    // FNV-1a, 64 bit.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{:08x}", (h >> 32) as u32)
-}
-
 fn now_ms() -> i64 {
     confab_common::record::now_ms()
 }
@@ -300,7 +248,7 @@ impl Room {
             channel: confab_common::room_channel(room).into(),
             partition,
             window: VecDeque::new(),
-            evicted: -1,
+            evicted: 0,
             subs: HashMap::new(),
             departed: HashMap::new(),
         }
@@ -311,13 +259,13 @@ impl Room {
             || (ttl_ms > 0 && self.window.front().is_some_and(|e| e.ts_ms < now - ttl_ms))
         {
             if let Some(e) = self.window.pop_front() {
-                self.evicted = self.evicted.max(e.offset as i64);
+                self.evicted = self.evicted.max(e.offset);
             }
         }
     }
 
-    fn last(&self) -> i64 {
-        self.window.back().map_or(-1, |e| e.offset as i64)
+    fn last(&self) -> u64 {
+        self.window.back().map_or(0, |e| e.offset)
     }
 
     fn broadcast(&self, bytes: &Bytes) {
@@ -339,20 +287,31 @@ impl Hub {
         }
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.config.epoch
-    }
-
     pub fn partitions(&self) -> &[PartitionState] {
         &self.partitions
     }
 
-    /// Sets where this instance starts reading `partition`.
-    pub fn init_partition(&self, partition: usize, start: i64, high: i64) {
-        if let Some(p) = self.partitions.get(partition) {
-            p.floor.store(start - 1, Ordering::Release);
-            p.top.store(start - 1, Ordering::Release);
-            p.high.store(high, Ordering::Release);
+    /// Sets the incarnation of `partition` and where this instance starts
+    /// reading it: every position above `floor` will be processed, and the
+    /// broker holds records up to `high`. When the incarnation changes, the
+    /// windows of the partition's rooms are emptied: their positions belong
+    /// to the old incarnation, and its epoch no longer recovers.
+    pub fn init_partition(&self, partition: usize, base: Base, floor: Position, high: Position) {
+        let Some(p) = self.partitions.get(partition) else {
+            return;
+        };
+        let old = p.base.swap(base.0, Ordering::AcqRel);
+        p.floor.store(floor.0, Ordering::Release);
+        p.top.store(floor.0, Ordering::Release);
+        p.high.store(high.0, Ordering::Release);
+        if old != 0 && old != base.0 {
+            for shard in &self.shards {
+                let mut rooms = shard.lock().unwrap_or_else(|e| e.into_inner());
+                for room in rooms.values_mut().filter(|r| r.partition == partition) {
+                    room.window.clear();
+                    room.evicted = 0;
+                }
+            }
         }
     }
 
@@ -364,16 +323,18 @@ impl Hub {
     }
 
     fn partition_of(&self, room: Uuid) -> usize {
-        room_partition(room, self.partitions.len())
+        confab_common::stream::room_partition(room, self.partitions.len() as u32) as usize
     }
 
-    /// Processes one record read at `offset` of `partition`: stores it in the
-    /// room's window and pushes it to every subscriber.
-    pub fn deliver(&self, partition: usize, offset: i64, record: &RoomRecord) {
+    /// Processes one record read at `position` of `partition`: stores it in
+    /// the room's window and pushes it to every subscriber.
+    pub fn deliver(&self, partition: usize, position: Position, record: &RoomRecord) {
         let now = now_ms();
+        let offset = position.0;
         let info =
             protocol::encode_client_info(&record.user.id.to_string(), "", &record.user.username);
-        let publication = protocol::encode_publication(record.data.get(), &info, to_wire(offset));
+        let publication =
+            protocol::encode_publication(record.data.get(), &info, offset, &record.id);
         {
             let mut shard = self.shard(record.room_id);
             let room = shard
@@ -382,7 +343,7 @@ impl Hub {
             room.partition = partition;
             let push = protocol::encode_pub_push(&room.channel, &publication);
             room.window.push_back(Entry {
-                offset: offset as u64,
+                offset,
                 ts_ms: record.ts_ms,
                 publication,
             });
@@ -412,19 +373,20 @@ impl Hub {
                 RecordKind::Message => {}
             }
         }
-        self.skip(partition, offset);
+        self.skip(partition, position);
     }
 
-    /// Notes that `offset` of `partition` was read but held no usable record.
-    pub fn skip(&self, partition: usize, offset: i64) {
+    /// Notes that `position` of `partition` was read but held no record for
+    /// clients.
+    pub fn skip(&self, partition: usize, position: Position) {
         if let Some(p) = self.partitions.get(partition) {
-            p.top.fetch_max(offset, Ordering::AcqRel);
-            p.high.fetch_max(offset + 1, Ordering::AcqRel);
+            p.top.fetch_max(position.0, Ordering::AcqRel);
+            p.high.fetch_max(position.0, Ordering::AcqRel);
         }
     }
 
     /// Unsubscribes every subscription of `user` (it left the room).
-    fn remove_user(&self, room: &mut Room, user: Uuid, offset: i64) {
+    fn remove_user(&self, room: &mut Room, user: Uuid, offset: u64) {
         let ids: Vec<u64> = room
             .subs
             .iter()
@@ -471,26 +433,27 @@ impl Hub {
         let part = &self.partitions[room.partition];
         let top = part.top.load(Ordering::Acquire);
         let mut position = top.max(room.last());
-        let mut skip_until = -1;
+        let mut skip_until = 0;
+        let epoch = part.epoch();
         let mut out = Subscribed {
             sub_id: self.next_sub.fetch_add(1, Ordering::Relaxed),
             offset: 0,
-            epoch: self.config.epoch.clone(),
+            epoch: epoch.clone(),
             was_recovering: false,
             recovered: false,
             publications: Vec::new(),
         };
-        if let Some((offset, epoch)) = recover {
+        if let Some((offset, recover_epoch)) = recover {
             out.was_recovering = true;
-            let since = from_wire(offset);
+            let since = offset;
             let floor = part.floor.load(Ordering::Acquire).max(room.evicted);
-            let epoch_ok = epoch.is_empty() || epoch == self.config.epoch;
+            let epoch_ok = recover_epoch.is_empty() || recover_epoch == epoch;
             if epoch_ok && since >= floor {
                 if since <= position {
                     let missed: Vec<Bytes> = room
                         .window
                         .iter()
-                        .filter(|e| e.offset as i64 > since)
+                        .filter(|e| e.offset > since)
                         .map(|e| e.publication.clone())
                         .collect();
                     // A reply too large for clients' frame limits is not
@@ -499,7 +462,7 @@ impl Hub {
                         out.publications = missed;
                         out.recovered = true;
                     }
-                } else if since < part.high.load(Ordering::Acquire) {
+                } else if since <= part.high.load(Ordering::Acquire) {
                     // Another instance has read further: the client already
                     // has everything up to `since`; push only what follows.
                     out.recovered = true;
@@ -508,7 +471,7 @@ impl Hub {
                 }
             }
         }
-        out.offset = to_wire(position);
+        out.offset = position;
         room.subs.insert(
             out.sub_id,
             Sub {
@@ -606,13 +569,9 @@ impl Hub {
     pub fn position(&self, room_id: Uuid) -> u64 {
         let partition = self.partition_of(room_id);
         let shard = self.shard(room_id);
-        let last = shard.get(&room_id).map_or(-1, Room::last);
+        let last = shard.get(&room_id).map_or(0, Room::last);
         let p = shard.get(&room_id).map_or(partition, |r| r.partition);
-        self.partitions[p]
-            .top
-            .load(Ordering::Acquire)
-            .max(last)
-            .max(0) as u64
+        self.partitions[p].top.load(Ordering::Acquire).max(last)
     }
 
     /// History from the window, with the reference server's semantics:
@@ -635,7 +594,8 @@ impl Hub {
             .or_insert_with(|| Room::new(room_id, partition));
         room.expire(self.config.history_size, self.config.history_ttl_ms, now);
         let part = &self.partitions[room.partition];
-        let position = to_wire(part.top.load(Ordering::Acquire).max(room.last()));
+        let position = part.top.load(Ordering::Acquire).max(room.last());
+        let epoch = part.epoch();
         let take = if limit < 0 {
             usize::MAX
         } else {
@@ -658,17 +618,16 @@ impl Hub {
                         .collect()
                 }
             }
-            Some((offset, epoch)) => {
-                if !epoch.is_empty() && epoch != self.config.epoch {
+            Some((since, since_epoch)) => {
+                if !since_epoch.is_empty() && since_epoch != epoch {
                     return Err(protocol::ProtoError::UNRECOVERABLE_POSITION);
                 }
-                let since = from_wire(offset);
                 let floor = part.floor.load(Ordering::Acquire).max(room.evicted);
                 if reverse {
                     room.window
                         .iter()
                         .rev()
-                        .filter(|e| (e.offset as i64) < since)
+                        .filter(|e| e.offset < since)
                         .take(take)
                         .map(|e| e.publication.clone())
                         .collect()
@@ -678,7 +637,7 @@ impl Hub {
                     }
                     room.window
                         .iter()
-                        .filter(|e| e.offset as i64 > since)
+                        .filter(|e| e.offset > since)
                         .take(take)
                         .map(|e| e.publication.clone())
                         .collect()
@@ -689,7 +648,7 @@ impl Hub {
         Ok(History {
             publications,
             offset: position,
-            epoch: self.config.epoch.clone(),
+            epoch,
         })
     }
 }
@@ -701,57 +660,34 @@ fn room_id_of(channel: &str) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confab_common::position::KafkaOffset;
     use confab_common::record::UserRef;
     use serde_json::value::RawValue;
 
-    #[test]
-    fn murmur2_matches_kafka_reference_values() {
-        // Vectors from Kafka's UtilsTest and librdkafka's rdmurmur2 tests.
-        let cases: [(&[u8], i32); 7] = [
-            (b"21", -973_932_308),
-            (b"foobar", -790_332_482),
-            (b"a-little-bit-long-string", -985_981_536),
-            (b"a-little-bit-longer-string", -1_486_304_829),
-            (
-                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58_897_971,
-            ),
-            (b"abc", 479_470_107),
-            (b"", 275_646_681),
-        ];
-        for (input, want) in cases {
-            assert_eq!(
-                murmur2(input) as i32,
-                want,
-                "{}",
-                String::from_utf8_lossy(input)
-            );
-        }
-    }
+    /// The incarnation the tests read.
+    const B: Base = Base(1_000);
 
-    #[test]
-    fn epoch_is_deterministic_per_topic() {
-        assert_eq!(
-            epoch_for_topic("confab.rooms"),
-            epoch_for_topic("confab.rooms")
-        );
-        assert_ne!(epoch_for_topic("confab.rooms"), epoch_for_topic("other"));
-        assert_eq!(epoch_for_topic("x").len(), 8);
-    }
-
-    /// A Kafka offset as clients see it.
+    /// The position of Kafka offset `kafka`, as clients see it.
     fn w(kafka: i64) -> u64 {
-        to_wire(kafka)
+        B.position(KafkaOffset(kafka)).0
+    }
+
+    /// The Kafka offset of a position.
+    fn from_wire(position: u64) -> i64 {
+        B.offset(Position(position)).unwrap().0
+    }
+
+    fn at(kafka: i64) -> Position {
+        Position(w(kafka))
     }
 
     fn hub(size: usize) -> Hub {
         let h = Hub::new(HubConfig {
             partitions: 1,
-            epoch: "ep".into(),
             history_size: size,
             history_ttl_ms: 0,
         });
-        h.init_partition(0, 0, 0);
+        h.init_partition(0, B, B.floor(), B.floor());
         h
     }
 
@@ -803,21 +739,21 @@ mod tests {
         let other = Uuid::new_v4();
         h.deliver(
             0,
-            0,
+            at(0),
             &record(room, Uuid::new_v4(), RecordKind::Message, "a"),
         );
         h.deliver(
             0,
-            1,
+            at(1),
             &record(other, Uuid::new_v4(), RecordKind::Message, "b"),
         );
         let (p, mut rx) = peer(Uuid::new_v4(), 16);
         let s = h.subscribe(room, &p, None);
         assert_eq!(s.offset, w(1), "position is the partition top");
-        assert_eq!(s.epoch, "ep");
+        assert_eq!(s.epoch, B.epoch().as_str());
         h.deliver(
             0,
-            2,
+            at(2),
             &record(room, Uuid::new_v4(), RecordKind::Message, "c"),
         );
         let got = drain(&mut rx);
@@ -834,13 +770,13 @@ mod tests {
         for o in 0..6 {
             h.deliver(
                 0,
-                o,
+                at(o),
                 &record(room, Uuid::new_v4(), RecordKind::Message, &o.to_string()),
             );
         }
         let (p, _rx) = peer(Uuid::new_v4(), 16);
         // Window holds 3,4,5; evicted up to 2.
-        let s = h.subscribe(room, &p, Some((w(2), "ep")));
+        let s = h.subscribe(room, &p, Some((w(2), B.epoch().as_str())));
         assert!(s.recovered && s.was_recovering);
         let offs: Vec<i64> = s
             .publications
@@ -854,39 +790,39 @@ mod tests {
             .collect();
         assert_eq!(offs, vec![3, 4, 5]);
         assert_eq!(s.offset, w(5));
-        let s = h.subscribe(room, &p, Some((w(1), "ep")));
+        let s = h.subscribe(room, &p, Some((w(1), B.epoch().as_str())));
         assert!(
             !s.recovered && s.publications.is_empty(),
             "outside the window"
         );
         let s = h.subscribe(room, &p, Some((w(4), "other")));
         assert!(!s.recovered, "epoch mismatch");
-        let s = h.subscribe(room, &p, Some((w(5), "ep")));
+        let s = h.subscribe(room, &p, Some((w(5), B.epoch().as_str())));
         assert!(s.recovered && s.publications.is_empty());
     }
 
     #[test]
     fn recovery_ahead_of_this_instance_skips_what_the_client_has() {
         let h = hub(10);
-        h.partitions[0].high.store(10, Ordering::Release);
+        h.partitions[0].high.store(w(9), Ordering::Release);
         let room = Uuid::new_v4();
         h.deliver(
             0,
-            3,
+            at(3),
             &record(room, Uuid::new_v4(), RecordKind::Message, "x"),
         );
         let (p, mut rx) = peer(Uuid::new_v4(), 16);
-        let s = h.subscribe(room, &p, Some((w(6), "ep")));
+        let s = h.subscribe(room, &p, Some((w(6), B.epoch().as_str())));
         assert!(s.recovered);
         assert_eq!(s.offset, w(6));
         h.deliver(
             0,
-            5,
+            at(5),
             &record(room, Uuid::new_v4(), RecordKind::Message, "old"),
         );
         h.deliver(
             0,
-            7,
+            at(7),
             &record(room, Uuid::new_v4(), RecordKind::Message, "new"),
         );
         let got = drain(&mut rx);
@@ -896,7 +832,7 @@ mod tests {
             .collect();
         assert_eq!(offs, vec![7]);
         // Beyond the broker's end: not recoverable.
-        let s = h.subscribe(room, &p, Some((w(50), "ep")));
+        let s = h.subscribe(room, &p, Some((w(50), B.epoch().as_str())));
         assert!(!s.recovered);
     }
 
@@ -911,7 +847,7 @@ mod tests {
         h.subscribe(room, &b, None);
         drain(&mut arx);
         drain(&mut brx);
-        h.deliver(0, 0, &record(room, leaver, RecordKind::MemberLeft, ""));
+        h.deliver(0, at(0), &record(room, leaver, RecordKind::MemberLeft, ""));
         let mut got_unsub = false;
         while let Ok(m) = arx.try_recv() {
             if let Outbound::Unsubscribed {
@@ -939,7 +875,11 @@ mod tests {
             !h.left_since(room, leaver, now_s + 1),
             "token issued after leaving"
         );
-        h.deliver(0, 1, &record(room, leaver, RecordKind::MemberJoined, ""));
+        h.deliver(
+            0,
+            at(1),
+            &record(room, leaver, RecordKind::MemberJoined, ""),
+        );
         assert!(!h.left_since(room, leaver, now_s - 60), "rejoined");
     }
 
@@ -954,7 +894,7 @@ mod tests {
         for o in 0..5 {
             h.deliver(
                 0,
-                o,
+                at(o),
                 &record(room, Uuid::new_v4(), RecordKind::Message, "m"),
             );
         }
@@ -975,7 +915,7 @@ mod tests {
         for o in [1, 4, 6, 9] {
             h.deliver(
                 0,
-                o,
+                at(o),
                 &record(room, Uuid::new_v4(), RecordKind::Message, "m"),
             );
         }
@@ -999,7 +939,10 @@ mod tests {
         assert_eq!(offs(h.history(room, 2, None, false).unwrap()), vec![1, 4]);
         assert_eq!(offs(h.history(room, 2, None, true).unwrap()), vec![9, 6]);
         assert_eq!(
-            offs(h.history(room, 10, Some((w(4), "ep")), false).unwrap()),
+            offs(
+                h.history(room, 10, Some((w(4), B.epoch().as_str())), false)
+                    .unwrap()
+            ),
             vec![6, 9]
         );
         assert_eq!(
@@ -1008,8 +951,10 @@ mod tests {
         );
         assert!(h.history(room, 10, Some((w(4), "bad")), false).is_err());
         let fresh = hub(1);
-        fresh.init_partition(0, 10, 10);
-        assert!(fresh.history(room, 10, Some((w(3), "ep")), false).is_err());
+        fresh.init_partition(0, B, at(9), at(9));
+        assert!(fresh
+            .history(room, 10, Some((w(3), B.epoch().as_str())), false)
+            .is_err());
     }
 
     #[test]
@@ -1024,15 +969,18 @@ mod tests {
             if room == idle {
                 r.ts_ms -= 10_000;
             }
-            h.deliver(0, o, &r);
+            h.deliver(0, at(o), &r);
         }
         assert_eq!(h.sweep(5_000), 1);
         assert_eq!(h.rooms(), 1);
         // The idle room is gone: recovering from before its last record must
         // not claim success with nothing; from after it, it may.
         let (q, _qrx) = peer(Uuid::new_v4(), 16);
-        assert!(!h.subscribe(idle, &q, Some((w(1), "ep"))).recovered);
-        let r = h.subscribe(idle, &q, Some((w(2), "ep")));
+        assert!(
+            !h.subscribe(idle, &q, Some((w(1), B.epoch().as_str())))
+                .recovered
+        );
+        let r = h.subscribe(idle, &q, Some((w(2), B.epoch().as_str())));
         assert!(r.recovered && r.publications.is_empty());
     }
 
@@ -1044,28 +992,20 @@ mod tests {
         for o in 0..60 {
             h.deliver(
                 0,
-                o,
+                at(o),
                 &record(room, Uuid::new_v4(), RecordKind::Message, &big),
             );
         }
         let (p, _rx) = peer(Uuid::new_v4(), 16);
-        let r = h.subscribe(room, &p, Some((w(0), "ep")));
+        let r = h.subscribe(room, &p, Some((w(0), B.epoch().as_str())));
         assert!(
             !r.recovered,
             "59 x 15 KB is over the budget: fall back to REST"
         );
-        let r = h.subscribe(room, &p, Some((w(50), "ep")));
+        let r = h.subscribe(room, &p, Some((w(50), B.epoch().as_str())));
         assert!(r.recovered && r.publications.len() == 9);
         let hist = h.history(room, -1, None, false).unwrap();
         let total: usize = hist.publications.iter().map(Bytes::len).sum();
         assert!(total <= MAX_REPLY_PUBLICATION_BYTES && hist.publications.len() > 30);
-    }
-
-    #[test]
-    fn room_partition_is_stable() {
-        let r = Uuid::parse_str("6f1c9d2e-8c0a-4f55-9a51-1f3e6c1b2a77").unwrap();
-        assert_eq!(room_partition(r, 16), room_partition(r, 16));
-        assert!(room_partition(r, 16) < 16);
-        assert_eq!(room_partition(r, 1), 0);
     }
 }

@@ -8,8 +8,9 @@
 //!
 //! Publications are produced to the room topic and answered only on the
 //! broker's delivery report. Every instance consumes every partition of the
-//! topic and fans records out to its own subscribers ([`hub`]); the Kafka
-//! offset of a record is its stream position, so all instances, the REST
+//! topic's layout and fans records out to its own subscribers ([`hub`]); a
+//! record's position comes from its Kafka offset and its partition's
+//! incarnation ([`confab_common::position`]), so all instances, the REST
 //! history and the clients agree on offsets.
 //!
 //! Presence, join and leave cover the subscribers of one instance only.
@@ -24,8 +25,9 @@ use std::time::Duration;
 
 use confab_common::config::{ConfigError, Env, KafkaConfig, LogConfig};
 use confab_common::jwt::JwtKeys;
+use confab_common::producer::RoomProducer;
+use confab_common::stream::LayoutWatch;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rdkafka::producer::{FutureProducer, Producer as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,6 +42,27 @@ mod server;
 /// The largest WebSocket frame or message accepted (CONTRACT §4); larger
 /// ones close the connection with 1009.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How often the topic's layout is checked (it changes when the topic is
+/// created again).
+const LAYOUT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Gateway {
+    /// Why publishing is refused now, if it is: the topic is not usable, or
+    /// its layout no longer matches the partitions this instance reads.
+    pub(crate) fn publish_problem(&self) -> Option<String> {
+        let state = self.producer.layout().state();
+        match state.layout() {
+            None => Some(state.problem().unwrap_or_default().to_owned()),
+            Some(l) if l.partitions as usize != self.hub.partitions().len() => Some(format!(
+                "the room topic's layout changed from {} to {} partitions; restart this gateway",
+                self.hub.partitions().len(),
+                l.partitions
+            )),
+            Some(_) => None,
+        }
+    }
+}
 
 /// Gateway settings, read from the environment.
 #[derive(Debug, Clone)]
@@ -90,9 +113,6 @@ pub struct Config {
     pub publish_burst: f64,
     /// Largest publication `data`, in bytes (`CONFAB_GATEWAY_MAX_PUBLISH_BYTES`).
     pub max_publish_bytes: usize,
-    /// The stream epoch (`CONFAB_GATEWAY_EPOCH`; by default derived from the
-    /// topic name, so every instance agrees). Change it after recreating the topic.
-    pub epoch: String,
     /// How long shutdown waits for connections to finish (`CONFAB_GATEWAY_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
 }
@@ -100,9 +120,6 @@ pub struct Config {
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let kafka = KafkaConfig::from_env(env)?;
-        let epoch = env
-            .get("CONFAB_GATEWAY_EPOCH")
-            .unwrap_or_else(|| hub::epoch_for_topic(&kafka.topic));
         let positive = |key: &'static str, v: usize| {
             if v == 0 {
                 Err(ConfigError::Invalid {
@@ -159,7 +176,6 @@ impl Config {
             publish_rate: env.parse_or("CONFAB_GATEWAY_PUBLISH_RATE", 20.0)?,
             publish_burst: env.parse_or("CONFAB_GATEWAY_PUBLISH_BURST", 40.0)?,
             max_publish_bytes: env.parse_or("CONFAB_GATEWAY_MAX_PUBLISH_BYTES", 16 * 1024)?,
-            epoch,
             shutdown_grace: env.secs_or(
                 "CONFAB_GATEWAY_SHUTDOWN_GRACE_SECS",
                 Duration::from_secs(15),
@@ -172,8 +188,6 @@ impl Config {
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] kafka::KafkaStartError),
     #[error("kafka client: {0}")]
     KafkaClient(#[from] rdkafka::error::KafkaError),
 }
@@ -185,7 +199,7 @@ pub(crate) struct Gateway(Arc<Inner>);
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) hub: Arc<hub::Hub>,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: RoomProducer,
     pub(crate) shutdown: CancellationToken,
     /// Connection tasks, drained at shutdown.
     pub(crate) tracker: TaskTracker,
@@ -217,22 +231,25 @@ pub async fn run(
     metrics::describe();
     confab_common::telemetry::spawn_metrics_upkeep(handle.clone());
 
-    let partitions = match kafka::discover_partitions(&config.kafka, &shutdown).await {
-        Ok(n) => n,
-        Err(kafka::KafkaStartError::Cancelled) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let consumer_stop = CancellationToken::new();
+    let layout = LayoutWatch::new(&config.kafka)?;
+    let watcher = layout.spawn(LAYOUT_CHECK_INTERVAL, consumer_stop.clone());
+    let Some(current) = layout.ready(&shutdown).await else {
+        consumer_stop.cancel();
+        let _ = watcher.await;
+        return Ok(());
     };
+    let partitions = current.partitions as usize;
     let hub = Arc::new(hub::Hub::new(hub::HubConfig {
         partitions,
-        epoch: config.epoch.clone(),
         history_size: config.history_size,
         history_ttl_ms: config.history_ttl.as_millis() as i64,
     }));
-    let producer = kafka::producer(&config.kafka)?;
-    let consumer_stop = CancellationToken::new();
+    let producer = RoomProducer::new(&config.kafka, layout.clone())?;
     let consumer = kafka::start_consumer(
         &config.kafka,
         Arc::clone(&hub),
+        layout,
         config.prefill_records.max(0),
         consumer_stop.clone(),
     )
@@ -241,7 +258,6 @@ pub async fn run(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         partitions,
         topic = %config.kafka.topic,
-        epoch = %config.epoch,
         "gateway starting"
     );
 
@@ -304,6 +320,7 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     consumer_stop.cancel();
     let _ = consumer.task.await;
+    let _ = watcher.await;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ pub const RECORDS_CONSUMED: &str = "confab_gateway_records_consumed_total";
 pub const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
 pub const ROOMS: &str = "confab_gateway_rooms";
 pub const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
+pub const INCARNATION_CHANGES: &str = "confab_gateway_incarnation_changes_total";
 
 /// Registers HELP text for every gateway metric and makes the gauges and
 /// counters visible before their first change.
@@ -30,6 +31,7 @@ pub fn describe() {
         SLOW_CONSUMER_DISCONNECTS,
         RECORDS_CONSUMED,
         BAD_RECORDS,
+        INCARNATION_CHANGES,
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -84,6 +86,10 @@ fn describe_only() {
     describe_counter!(
         BAD_RECORDS,
         "Records that could not be decoded and were skipped."
+    );
+    describe_counter!(
+        INCARNATION_CHANGES,
+        "Partitions started over because their incarnation changed (the topic was created again)."
     );
     describe_counter!(
         REJECTED_CONNECTIONS,

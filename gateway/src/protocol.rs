@@ -18,6 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use uuid::Uuid;
 
 /// Protocol error codes sent in replies (`Error.code`).
 pub mod codes {
@@ -344,17 +345,22 @@ pub fn encode_client_info(user: &str, client: &str, username: &str) -> Bytes {
     Bytes::from(b)
 }
 
-/// A publication: `{"data":<raw>,"info":{...},"offset":N}`. `data` is
-/// written exactly as it was received.
-pub fn encode_publication(data: &str, info: &[u8], offset: u64) -> Bytes {
-    let mut b = Vec::with_capacity(data.len() + info.len() + 40);
+/// A publication:
+/// `{"data":<raw>,"info":{...},"offset":N,"tags":{"message_id":"<id>"}}`.
+/// `data` is written exactly as it was received; `message_id` is the
+/// record's id, the REST `Message.id`.
+pub fn encode_publication(data: &str, info: &[u8], offset: u64, message_id: &Uuid) -> Bytes {
+    let mut b = Vec::with_capacity(data.len() + info.len() + 100);
     b.extend_from_slice(b"{\"data\":");
     b.extend_from_slice(data.as_bytes());
     b.extend_from_slice(b",\"info\":");
     b.extend_from_slice(info);
     b.extend_from_slice(b",\"offset\":");
     push_num(&mut b, offset);
-    b.push(b'}');
+    b.extend_from_slice(b",\"tags\":{\"message_id\":\"");
+    let mut id = Uuid::encode_buffer();
+    b.extend_from_slice(message_id.hyphenated().encode_lower(&mut id).as_bytes());
+    b.extend_from_slice(b"\"}}");
     Bytes::from(b)
 }
 
@@ -695,8 +701,8 @@ mod tests {
     #[test]
     fn encodes_subscribe_reply_with_publications() {
         let info = encode_client_info("u1", "", "alice");
-        let p1 = encode_publication(r#"{"text":"a"}"#, &info, 5);
-        let p2 = encode_publication(r#"{"text":"b"}"#, &info, 9);
+        let p1 = encode_publication(r#"{"text":"a"}"#, &info, 5, &Uuid::nil());
+        let p2 = encode_publication(r#"{"text":"b"}"#, &info, 9, &Uuid::nil());
         let mut b = Vec::new();
         ReplyWriter::start(&mut b, 2, "subscribe")
             .flag("expires", true)
@@ -720,7 +726,8 @@ mod tests {
         assert_eq!(s["was_recovering"], true);
         assert_eq!(
             s["publications"][0],
-            json!({"data":{"text":"a"},"info":{"user":"u1","conn_info":{"username":"alice"}},"offset":5})
+            json!({"data":{"text":"a"},"info":{"user":"u1","conn_info":{"username":"alice"}},"offset":5,
+                "tags":{"message_id":"00000000-0000-0000-0000-000000000000"}})
         );
         assert_eq!(s["publications"][1]["offset"], 9);
     }
@@ -808,11 +815,16 @@ mod tests {
     #[test]
     fn encodes_pushes() {
         let info = encode_client_info("u1", "c1", "al\"ice");
-        let publication =
-            encode_publication(r#"{"text":"x"}"#, &encode_client_info("u1", "", "a"), 17);
+        let id = Uuid::parse_str("0190a5c4-7b1e-7cc2-9f00-1a2b3c4d5e6f").unwrap();
+        let publication = encode_publication(
+            r#"{"text":"x"}"#,
+            &encode_client_info("u1", "", "a"),
+            17,
+            &id,
+        );
         assert_eq!(
             parse(&encode_pub_push("room:1", &publication)),
-            json!({"push":{"channel":"room:1","pub":{"data":{"text":"x"},"info":{"user":"u1","conn_info":{"username":"a"}},"offset":17}}})
+            json!({"push":{"channel":"room:1","pub":{"data":{"text":"x"},"info":{"user":"u1","conn_info":{"username":"a"}},"offset":17,"tags":{"message_id":"0190a5c4-7b1e-7cc2-9f00-1a2b3c4d5e6f"}}}})
         );
         assert_eq!(
             parse(&encode_join_push("room:1", &info)),

@@ -73,6 +73,7 @@ fn route(gw: Gateway, req: Request<Incoming>) -> Response<Body> {
             let ready = gw.ready.load(Ordering::Acquire) && gw.broker_up.load(Ordering::Acquire);
             confab_common::ops::Health::ok("gateway")
                 .check("kafka", ready)
+                .check_problem("topic", gw.publish_problem().as_deref())
                 .into_response()
         }
         (&Method::GET, "/metrics") => confab_common::ops::metrics_response(&gw.metrics),

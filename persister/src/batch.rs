@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use confab_common::record::RoomRecord;
+use confab_common::position::Position;
+use confab_common::record::{RecordError, RoomRecord, TopicRecord};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -21,6 +22,8 @@ pub(crate) enum Body {
     Row(Row),
     /// A row of `dead_letters`.
     Dead(DeadLetter),
+    /// Nothing: a genesis, which only opens an incarnation.
+    Skip,
 }
 
 /// A good record.
@@ -36,6 +39,8 @@ pub(crate) struct Row {
     pub(crate) created_at: OffsetDateTime,
     /// The producer's clock, for the publish-to-persist latency.
     pub(crate) ts_ms: i64,
+    /// The record's stream position.
+    pub(crate) position: Position,
 }
 
 /// A record that cannot be stored as a message.
@@ -46,22 +51,38 @@ pub(crate) struct DeadLetter {
     pub(crate) error: String,
 }
 
-/// Reads one Kafka record.
+/// Reads one Kafka record at `position` (`None`: its partition is outside
+/// the topic's layout).
 ///
 /// A record is poison, and goes to `dead_letters`, when it has no payload or
-/// no key, does not decode as a [`RoomRecord`] of a known version, has a
-/// timestamp out of range, or has a key other than its room id. The last
-/// check matters: `messages` is keyed by `(room_id, stream_offset)`, which is
-/// unique only because a room's records all share one partition; a record
-/// keyed otherwise may sit in another partition and collide with a real one.
+/// no key, does not decode as a record of a known version, has a timestamp
+/// out of range, has a key other than its room id, or sits in a partition
+/// outside the layout. The key check keeps every room in the one partition
+/// that orders it.
+#[cfg(test)]
 pub(crate) fn decode(
     partition: i32,
     offset: i64,
+    position: Option<Position>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
 ) -> Entry {
-    let body = match decode_body(key, payload) {
-        Ok(row) => Body::Row(row),
+    let decoded = payload.map(|b| TopicRecord::decode(key, b));
+    entry(partition, offset, position, key, payload, decoded)
+}
+
+/// [`decode`], for a record whose payload the caller already decoded.
+pub(crate) fn entry(
+    partition: i32,
+    offset: i64,
+    position: Option<Position>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    decoded: Option<Result<TopicRecord, RecordError>>,
+) -> Entry {
+    let body = match decode_body(position, key, decoded) {
+        Ok(Some(row)) => Body::Row(row),
+        Ok(None) => Body::Skip,
         Err(error) => Body::Dead(DeadLetter {
             key: key.map(<[u8]>::to_vec),
             payload: payload.map(<[u8]>::to_vec),
@@ -75,9 +96,17 @@ pub(crate) fn decode(
     }
 }
 
-fn decode_body(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Row, String> {
-    let payload = payload.ok_or("record has no payload")?;
-    let record = RoomRecord::decode(payload).map_err(|e| e.to_string())?;
+fn decode_body(
+    position: Option<Position>,
+    key: Option<&[u8]>,
+    decoded: Option<Result<TopicRecord, RecordError>>,
+) -> Result<Option<Row>, String> {
+    let decoded = decoded.ok_or("record has no payload")?;
+    let record = match decoded.map_err(|e| e.to_string())? {
+        TopicRecord::Genesis(_) => return Ok(None),
+        TopicRecord::Room(r) => r,
+    };
+    let position = position.ok_or("the record's partition is outside the topic's layout")?;
     let key = key.ok_or("record has no key")?;
     if key != record.room_id.to_string().as_bytes() {
         return Err(format!(
@@ -89,7 +118,11 @@ fn decode_body(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Row, String
     let created_at =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.ts_ms) * 1_000_000)
             .map_err(|e| format!("ts_ms {} is out of range: {e}", record.ts_ms))?;
-    Ok(Row {
+    Ok(Some(row(record, created_at, position)))
+}
+
+fn row(record: RoomRecord, created_at: OffsetDateTime, position: Position) -> Row {
+    Row {
         room_id: record.room_id,
         id: record.id,
         kind: record.kind.as_str(),
@@ -98,7 +131,8 @@ fn decode_body(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Row, String
         data: Box::<str>::from(record.data).into_string(),
         created_at,
         ts_ms: record.ts_ms,
-    })
+        position,
+    }
 }
 
 /// `text` without NUL characters, which PostgreSQL's text type refuses.
@@ -109,9 +143,6 @@ pub(crate) fn clean_text(text: &str) -> String {
 /// A closed batch in the column layout the insert statement takes.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    /// The batch's place in the order the loop closed batches; offsets are
-    /// marked stored in this order even when writers finish out of order.
-    pub(crate) seq: u64,
     pub(crate) rows: Rows,
     pub(crate) dead: DeadRows,
     /// Per partition, the offset to commit once this batch is stored: one
@@ -133,6 +164,8 @@ pub(crate) struct Rows {
     pub(crate) data: Vec<String>,
     pub(crate) created_at: Vec<OffsetDateTime>,
     pub(crate) partition: Vec<i32>,
+    /// Kafka offsets, for dead letters of refused rows.
+    pub(crate) offset: Vec<i64>,
 }
 
 impl Rows {
@@ -140,10 +173,9 @@ impl Rows {
         self.room_id.len()
     }
 
-    fn push(&mut self, partition: i32, offset: i64, row: Row) {
+    fn push(&mut self, partition: i32, row: Row) {
         self.room_id.push(row.room_id);
-        self.stream_offset
-            .push(confab_common::record::stream_offset(offset));
+        self.stream_offset.push(row.position.to_db());
         self.id.push(row.id);
         self.kind.push(row.kind);
         self.user_id.push(row.user_id);
@@ -151,6 +183,10 @@ impl Rows {
         self.data.push(row.data);
         self.created_at.push(row.created_at);
         self.partition.push(partition);
+    }
+
+    fn push_offset(&mut self, offset: i64) {
+        self.offset.push(offset);
     }
 
     /// Row `i` alone, to find which row the database refuses.
@@ -165,6 +201,7 @@ impl Rows {
             data: vec![self.data[i].clone()],
             created_at: vec![self.created_at[i]],
             partition: vec![self.partition[i]],
+            offset: vec![self.offset[i]],
         }
     }
 }
@@ -194,9 +231,9 @@ impl DeadRows {
 }
 
 impl Batch {
-    /// Builds a batch. Rows are sorted by their key so that two writers whose
-    /// batches overlap (during a rebalance) take row locks in the same order
-    /// and cannot deadlock.
+    /// Builds a batch. Rows are sorted by their id so that two writers whose
+    /// batches overlap (a partition moving between instances) take row locks
+    /// in the same order and cannot deadlock.
     pub(crate) fn build(entries: impl IntoIterator<Item = Entry>) -> Batch {
         let mut batch = Batch::default();
         let mut rows = Vec::new();
@@ -206,13 +243,15 @@ impl Batch {
             match entry.body {
                 Body::Row(row) => rows.push((entry.partition, entry.offset, row)),
                 Body::Dead(dead) => batch.dead.push(entry.partition, entry.offset, dead),
+                Body::Skip => {}
             }
         }
-        rows.sort_by_key(|(_, offset, row)| (row.room_id, *offset));
+        rows.sort_by_key(|(_, _, row)| row.id);
         batch.ts_ms.reserve(rows.len());
         for (partition, offset, row) in rows {
             batch.ts_ms.push(row.ts_ms);
-            batch.rows.push(partition, offset, row);
+            batch.rows.push(partition, row);
+            batch.rows.push_offset(offset);
         }
         batch
     }
@@ -244,7 +283,13 @@ mod tests {
     fn good_record_keeps_data_bytes_and_fields() {
         let room = Uuid::new_v4();
         let rec = record(room, r#"{"text" : "hi  ✓", "n":1.50}"#);
-        let e = decode(3, 42, Some(rec.key().as_bytes()), Some(&rec.encode()));
+        let e = decode(
+            3,
+            42,
+            Some(Position(1_043)),
+            Some(rec.key().as_bytes()),
+            Some(&rec.encode()),
+        );
         assert_eq!((e.partition, e.offset), (3, 42));
         let Body::Row(row) = e.body else {
             panic!("expected a row: {e:?}")
@@ -255,6 +300,7 @@ mod tests {
         assert_eq!(row.user_id, rec.user.id);
         assert_eq!(row.username, "ann");
         assert_eq!(row.kind, "message");
+        assert_eq!(row.position, Position(1_043));
         assert_eq!(
             row.created_at.unix_timestamp_nanos(),
             i128::from(rec.ts_ms) * 1_000_000
@@ -296,7 +342,7 @@ mod tests {
             ),
         ];
         for (k, p, why) in cases {
-            let e = decode(0, 7, k, p);
+            let e = decode(0, 7, Some(Position(8)), k, p);
             let Body::Dead(dead) = e.body else {
                 panic!("expected a dead letter for {why}")
             };
@@ -304,6 +350,20 @@ mod tests {
             assert_eq!(dead.key.as_deref(), k);
             assert_eq!(dead.payload.as_deref(), p);
         }
+        let e = decode(9, 7, None, Some(key.as_bytes()), Some(&encoded));
+        let Body::Dead(dead) = e.body else {
+            panic!("a partition outside the layout")
+        };
+        assert!(dead.error.contains("outside the topic's layout"));
+        let genesis = confab_common::record::Genesis::new(5, 4);
+        let e = decode(
+            0,
+            0,
+            Some(Position(6)),
+            Some(confab_common::record::GENESIS_KEY),
+            Some(&genesis.encode()),
+        );
+        assert!(matches!(e.body, Body::Skip));
     }
 
     #[test]
@@ -311,32 +371,57 @@ mod tests {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let entry = |p, o, room| {
             let rec = record(room, "{}");
-            decode(p, o, Some(rec.key().as_bytes()), Some(&rec.encode()))
+            let position = Position(1_000 * (p as u64 + 1) + o as u64 + 1);
+            decode(
+                p,
+                o,
+                Some(position),
+                Some(rec.key().as_bytes()),
+                Some(&rec.encode()),
+            )
         };
+        let genesis = confab_common::record::Genesis::new(5, 4);
         let batch = Batch::build(vec![
             entry(0, 10, b),
             entry(1, 5, a),
-            decode(0, 11, None, Some(b"x")),
+            decode(0, 11, Some(Position(1_012)), None, Some(b"x")),
             entry(0, 12, a),
             entry(1, 6, a),
+            decode(
+                2,
+                0,
+                Some(Position(3_001)),
+                Some(confab_common::record::GENESIS_KEY),
+                Some(&genesis.encode()),
+            ),
         ]);
-        assert_eq!(batch.len(), 5);
+        assert_eq!(batch.len(), 5, "the genesis is no row");
         assert_eq!(batch.rows.len(), 4);
         assert_eq!(batch.dead.len(), 1);
         assert_eq!(batch.dead.offset, vec![11]);
-        assert_eq!(batch.next_offsets, BTreeMap::from([(0, 13), (1, 7)]));
-        let keys: Vec<_> = batch
+        assert_eq!(
+            batch.next_offsets,
+            BTreeMap::from([(0, 13), (1, 7), (2, 1)])
+        );
+        // Rows are sorted by id (ids are time-ordered, so in creation order).
+        let mut sorted = batch.rows.id.clone();
+        sorted.sort();
+        assert_eq!(batch.rows.id, sorted);
+        let mut keys: Vec<_> = batch
             .rows
             .room_id
             .iter()
             .zip(&batch.rows.stream_offset)
-            .map(|(r, o)| (*r, *o))
+            .zip(&batch.rows.offset)
+            .map(|((r, p), o)| (*r, *p, *o))
             .collect();
-        // Stream positions are Kafka offsets plus one.
-        assert_eq!(keys, vec![(a, 6), (a, 7), (a, 13), (b, 11)]);
-        assert_eq!(batch.rows.partition, vec![1, 1, 0, 0]);
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![(a, 1_013, 12), (a, 2_006, 5), (a, 2_007, 6), (b, 1_011, 10)]
+        );
         let one = batch.rows.single(2);
-        assert_eq!(one.stream_offset, vec![13]);
         assert_eq!(one.len(), 1);
+        assert_eq!(one.offset, vec![batch.rows.offset[2]]);
     }
 }

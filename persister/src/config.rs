@@ -23,8 +23,9 @@ pub struct Config {
     /// ... or once its oldest record has waited this long
     /// (`CONFAB_PERSISTER_BATCH_MS`). This bounds the extra latency batching adds.
     pub batch_time: Duration,
-    /// Batches written at the same time, each on its own connection
-    /// (`CONFAB_PERSISTER_WRITERS`). Offsets are still committed in order.
+    /// Writers, each with its own connection and its own lane of partitions
+    /// (`CONFAB_PERSISTER_WRITERS`). A partition is always written by the
+    /// same lane, one batch at a time, so rows become visible in offset order.
     pub writers: usize,
     /// The longest pause between two attempts to write a batch while the
     /// database fails (`CONFAB_PERSISTER_RETRY_MAX_MS`).

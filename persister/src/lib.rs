@@ -5,31 +5,46 @@
 //! idempotent statement each, and their offsets are committed only after the
 //! statement has committed. Every record the broker acknowledged therefore
 //! ends up stored exactly once in effect, across crashes, database outages
-//! and rebalances. See [`consumer`](crate::consumer) for the details.
+//! and rebalances, with the stream position the gateway pushed it with.
 //!
-//! The library entry is [`run`]; `main.rs` only loads the config and binds.
+//! The parts: [`group`](crate::group) (membership and rebalances),
+//! [`reader`](crate::reader) (records to entries, per lane),
+//! [`writers`](crate::writers) (one per lane, in partition order),
+//! [`ledger`](crate::ledger) (offsets) and [`pipeline`](crate::pipeline)
+//! (the loop). The library entry is [`run`]; `main.rs` only loads the config
+//! and binds.
 
 mod batch;
 mod config;
-mod consumer;
-mod gap;
+mod group;
+mod ledger;
 mod metrics;
+mod pipeline;
+mod reader;
+mod state;
 mod store;
+mod writers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use confab_common::ops::{metrics_response, Health};
+use confab_common::stream::LayoutWatch;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, Crash};
-use consumer::{Ctx, Kafka, Shared};
+use state::Shared;
+pub use state::Stats;
+
+/// How often the topic's layout is checked (it changes when the topic is
+/// created again).
+const LAYOUT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the persister stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,37 +63,6 @@ pub enum PersisterError {
     InjectedCrash,
 }
 
-/// Counters of one running instance, for tests and benchmarks.
-#[derive(Debug, Clone)]
-pub struct Stats(Arc<Shared>);
-
-impl Stats {
-    /// Good records stored by this instance (including ones already present).
-    pub fn records_persisted(&self) -> u64 {
-        self.0.persisted()
-    }
-
-    /// Poison records seen by this instance.
-    pub fn poison_records(&self) -> u64 {
-        self.0.poison()
-    }
-
-    /// Batches stored by this instance.
-    pub fn batches(&self) -> u64 {
-        self.0.batches()
-    }
-
-    /// Whether the last contact with PostgreSQL succeeded.
-    pub fn database_up(&self) -> bool {
-        self.0.db_up()
-    }
-
-    /// The partitions this instance owns now.
-    pub fn assigned_partitions(&self) -> Vec<i32> {
-        self.0.assigned()
-    }
-}
-
 /// One persister instance, before it runs.
 #[derive(Debug)]
 pub struct Persister {
@@ -89,6 +73,7 @@ pub struct Persister {
 #[derive(Clone)]
 struct AppState {
     shared: Arc<Shared>,
+    layout: LayoutWatch,
     metrics: PrometheusHandle,
 }
 
@@ -118,52 +103,49 @@ impl Persister {
         confab_common::telemetry::spawn_metrics_upkeep(handle.clone());
         confab_common::db::parse_url(&config.database_url)?;
 
-        let mut kafka_config =
-            confab_common::kafka::consumer_config(&config.kafka, Some(&config.group));
-        kafka_config
-            .set(
-                "session.timeout.ms",
-                config.session_timeout.as_millis().to_string(),
-            )
-            // Statistics carry the exact high watermark per partition (see
-            // `gap`).
-            .set("statistics.interval.ms", "1000");
-        let consumer: Kafka = kafka_config.create_with_context(Ctx {
-            shared: shared.clone(),
-        })?;
-        consumer.subscribe(&[&config.kafka.topic])?;
-        let consumer = Arc::new(consumer);
-        tracing::info!(
-            topic = %config.kafka.topic,
-            group = %config.group,
-            addr = %listener.local_addr()?,
-            "persister started"
-        );
-
-        // The endpoints and the lag gauge outlive the consumer loop, so
-        // health stays visible while shutdown stores the last batches.
+        // The endpoints, the layout watcher and the lag gauge outlive the
+        // consumer loop, so health stays visible while shutdown stores the
+        // last batches.
         let tasks = CancellationToken::new();
+        let layout = LayoutWatch::new(&config.kafka)?;
+        let watcher = layout.spawn(LAYOUT_CHECK_INTERVAL, tasks.clone());
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_endpoint))
             .with_state(AppState {
                 shared: shared.clone(),
+                layout: layout.clone(),
                 metrics: handle,
             });
         let http = tokio::spawn(std::future::IntoFuture::into_future(
             axum::serve(listener, app).with_graceful_shutdown(tasks.clone().cancelled_owned()),
         ));
-        let lag = tokio::spawn(consumer::measure_lag(
+        // Positions need the layout: read nothing before it is known.
+        if layout.ready(&shutdown).await.is_none() {
+            tasks.cancel();
+            let _ = watcher.await;
+            let _ = http.await;
+            return Ok(());
+        }
+        let consumer = Arc::new(group::join(&config, shared.clone())?);
+        tracing::info!(
+            topic = %config.kafka.topic,
+            group = %config.group,
+            "persister started"
+        );
+        let lag = tokio::spawn(group::measure_lag(
             consumer.clone(),
             shared.clone(),
+            config.kafka.topic.clone(),
             config.lag_interval,
             tasks.clone(),
         ));
 
-        let result = consumer::consume(consumer.clone(), shared, &config, shutdown).await;
+        let result = pipeline::run(consumer.clone(), shared, layout, &config, shutdown).await;
 
         tasks.cancel();
         let _ = lag.await;
+        let _ = watcher.await;
         match http.await {
             Ok(Err(err)) => tracing::warn!(error = %err, "http server failed"),
             Err(err) => tracing::warn!(error = %err, "http task failed"),
@@ -189,7 +171,9 @@ pub async fn run(
 }
 
 async fn healthz(State(state): State<AppState>) -> Health {
-    Health::ok("persister").check("database", state.shared.db_up())
+    Health::ok("persister")
+        .check("database", state.shared.db_up())
+        .check_problem("topic", state.layout.state().problem())
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {

@@ -23,8 +23,8 @@ pub(crate) const PUBLISH_TO_PERSIST: &str = "confab_persister_publish_to_persist
 pub(crate) const DATABASE_UP: &str = "confab_persister_database_up";
 /// 1 while consumption is paused because writes fall behind.
 pub(crate) const PAUSED: &str = "confab_persister_paused";
-/// Seeks back after the broker skipped records (see `gap`).
-pub(crate) const REWINDS: &str = "confab_persister_rewinds_total";
+/// Partitions read again because their incarnation changed.
+pub(crate) const INCARNATION_CHANGES: &str = "confab_persister_incarnation_changes_total";
 /// Offset commits sent to the broker.
 pub(crate) const COMMITS: &str = "confab_persister_offset_commits_total";
 
@@ -42,23 +42,24 @@ pub(crate) mod kind {
     pub(crate) const LAG: &str = "lag";
     /// Pausing or resuming partitions failed.
     pub(crate) const PAUSE: &str = "pause";
-    /// Seeking a partition back failed.
+    /// Seeking a partition to its start failed.
     pub(crate) const SEEK: &str = "seek";
 
-    pub(crate) const ALL: [&str; 6] = [
+    pub(crate) const ALL: [&str; 7] = [
         DATABASE,
         KAFKA_RECEIVE,
         KAFKA_COMMIT,
         KAFKA_CLIENT,
         LAG,
         PAUSE,
+        SEEK,
     ];
 }
 
 /// Describes every metric and sets the counters to zero, so that they are
 /// exported before the first event. Safe to call more than once.
 pub(crate) fn describe() {
-    for name in [PERSISTED, DUPLICATES, POISON, COMMITS, REWINDS] {
+    for name in [PERSISTED, DUPLICATES, POISON, COMMITS, INCARNATION_CHANGES] {
         counter!(name).increment(0);
     }
     for k in kind::ALL {
@@ -103,8 +104,8 @@ pub(crate) fn describe() {
     );
     describe_counter!(COMMITS, Unit::Count, "Offset commits sent to the broker");
     describe_counter!(
-        REWINDS,
+        INCARNATION_CHANGES,
         Unit::Count,
-        "Seeks back because the broker skipped records or a partition stalled"
+        "Partitions read again because their incarnation changed (the topic was created again)"
     );
 }

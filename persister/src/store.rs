@@ -2,9 +2,10 @@
 //!
 //! A batch is one statement: a data-modifying CTE puts the poison records in
 //! `dead_letters`, the main `INSERT ... SELECT FROM UNNEST(...)` puts the good
-//! ones in `messages`, and both skip rows that are already there. One
-//! statement is one transaction, so a batch is stored entirely or not at all,
-//! and storing it again is a no-op.
+//! ones in `messages`, and both skip rows that are already there (a message
+//! is identified by its record id, unique per publish). One statement is one
+//! transaction, so a batch is stored entirely or not at all, and storing it
+//! again is a no-op.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ INSERT INTO messages (room_id, stream_offset, id, kind, user_id, username, data,
 SELECT r, o, i, k, u, n, d::json, c, p
 FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[],
             $8::timestamptz[], $9::int4[]) AS t(r, o, i, k, u, n, d, c, p)
-ON CONFLICT (room_id, stream_offset) DO NOTHING";
+ON CONFLICT (id) DO NOTHING";
 
 /// How long one statement may take before the connection is given up. A
 /// statement cut off this way may still commit; retrying it is harmless.
@@ -210,10 +211,7 @@ impl Store {
             match self.execute(&row, &none).await {
                 Ok(n) => stored.inserted += n,
                 Err(err) if err.is_data_error() => {
-                    let (partition, offset) = (
-                        row.partition[0],
-                        confab_common::record::kafka_offset(row.stream_offset[0]),
-                    );
+                    let (partition, offset) = (row.partition[0], row.offset[0]);
                     tracing::warn!(partition, offset, error = %err, "record refused by PostgreSQL, stored as a dead letter");
                     stored.refused += 1;
                     dead.push(partition, offset, refused_row(&row, &err));

@@ -18,7 +18,7 @@ async fn postgres_restart_mid_stream_loses_and_duplicates_nothing() {
         .unwrap();
     let url = pg.database("confab_outage").await;
     let kafka = test_topic(4).await;
-    let producer = producer(&kafka);
+    let producer = producer(&kafka).await;
     let group = format!("g-{}", Uuid::new_v4().simple());
 
     let mut cfg = config(&kafka, &url, &group);

@@ -16,7 +16,7 @@ async fn stores_every_record_once_and_commits_after() {
     init_tracing();
     let db = TestDb::create().await;
     let kafka = test_topic(4).await;
-    let producer = producer(&kafka);
+    let producer = producer(&kafka).await;
     let group = format!("g-{}", Uuid::new_v4().simple());
 
     // Some records before the persister starts, some while it runs.
@@ -67,7 +67,7 @@ async fn poison_records_become_dead_letters_and_do_not_block() {
     let db = TestDb::create().await;
     // One partition: every poison record sits in front of good ones.
     let kafka = test_topic(1).await;
-    let producer = producer(&kafka);
+    let producer = producer(&kafka).await;
     let room = Uuid::new_v4();
     let good = |text: &str| {
         let r = RoomRecord::message(

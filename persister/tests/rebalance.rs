@@ -17,7 +17,7 @@ async fn two_instances_split_and_hand_over_partitions() {
     init_tracing();
     let db = TestDb::create().await;
     let kafka = test_topic(8).await;
-    let producer = producer(&kafka);
+    let producer = producer(&kafka).await;
     let group = format!("g-{}", Uuid::new_v4().simple());
 
     let a = Instance::start(config(&kafka, &db.url, &group)).await;

@@ -213,6 +213,9 @@ pub fn read_room_records(
     let mut out = Vec::new();
     while out.len() < want && std::time::Instant::now() < deadline {
         if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) {
+            if msg.key() == Some(confab_common::record::GENESIS_KEY) {
+                continue;
+            }
             let record = RoomRecord::decode(msg.payload().unwrap()).unwrap();
             if record.room_id == room {
                 let key = String::from_utf8(msg.key().unwrap().to_vec()).unwrap();

@@ -3,10 +3,13 @@
 //! - `confab-admin migrate` applies the SQL migrations to `DATABASE_URL`.
 //! - `confab-admin create-topic [TOPIC] [PARTITIONS]` creates the room topic
 //!   on `KAFKA_BROKERS` unless it exists (defaults: `CONFAB_KAFKA_TOPIC`,
-//!   `CONFAB_KAFKA_PARTITIONS` or 16).
+//!   `CONFAB_KAFKA_PARTITIONS` or 16), with the cluster's replication, and
+//!   writes the geneses of partitions that lack one. When `DATABASE_URL` is
+//!   set, new bases start above every position already in `messages`.
 
 use anyhow::{bail, Context};
 use confab_common::config::{exit_on_error, Env, KafkaConfig, LogConfig};
+use confab_common::position::Position;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -42,12 +45,20 @@ async fn create_topic(env: &Env, args: &[String]) -> anyhow::Result<()> {
         Some(p) => p.parse().context("PARTITIONS must be a number")?,
         None => exit_on_error(env.parse_or("CONFAB_KAFKA_PARTITIONS", 16)),
     };
+    let hint = match env.get("DATABASE_URL") {
+        Some(url) => highest_position(&url).await?,
+        None => Position::ZERO,
+    };
+    let config = KafkaConfig { topic, ..config };
     let mut last_err = None;
     // The broker may still be starting; retry for a while.
-    for _ in 0..30 {
-        match confab_common::kafka::ensure_topic(&config, &topic, partitions).await {
+    for _ in 0..60 {
+        match confab_common::kafka::ensure_topic(&config, &config.topic, partitions).await {
             Ok(()) => {
-                tracing::info!(%topic, partitions, "topic ready");
+                let layout = confab_common::stream::write_geneses(&config, hint)
+                    .await
+                    .context("writing the geneses")?;
+                tracing::info!(topic = %config.topic, partitions = layout.partitions, "topic ready");
                 return Ok(());
             }
             Err(err) => {
@@ -57,4 +68,16 @@ async fn create_topic(env: &Env, args: &[String]) -> anyhow::Result<()> {
         }
     }
     Err(last_err.expect("loop ran")).context("creating the topic")
+}
+
+/// The highest position stored in `messages`, so that new bases start above it.
+async fn highest_position(url: &str) -> anyhow::Result<Position> {
+    let client = confab_common::db::connect(url)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let row = client
+        .query_one("SELECT coalesce(max(stream_offset), 0) FROM messages", &[])
+        .await
+        .context("reading the highest stored position (run `confab-admin migrate` first)")?;
+    Ok(Position::from_db(row.get(0)))
 }

@@ -15,7 +15,6 @@ use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -360,17 +359,18 @@ pub async fn member_as(addr: SocketAddr, room: Uuid, id: Uuid, name: &str) -> Me
     }
 }
 
-/// Produces a membership record as auth-api would.
+/// Produces a membership record as auth-api does; returns its partition and
+/// position.
 pub async fn produce_member_event(
     kafka: &KafkaConfig,
     room: Uuid,
     user: Uuid,
     name: &str,
     kind: RecordKind,
-) -> (i32, i64) {
-    let producer: FutureProducer = confab_common::kafka::producer_config(kafka)
-        .create()
-        .unwrap();
+) -> (i32, u64) {
+    let layout = confab_common::stream::LayoutWatch::new(kafka).unwrap();
+    layout.refresh().await;
+    let producer = confab_common::producer::RoomProducer::new(kafka, layout).unwrap();
     let rec = RoomRecord::member_event(
         room,
         UserRef {
@@ -379,15 +379,6 @@ pub async fn produce_member_event(
         },
         kind,
     );
-    let payload = rec.encode();
-    let key = rec.key();
-    let d = producer
-        .send(
-            FutureRecord::to(&kafka.topic).key(&key).payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
-    (d.partition, d.offset)
+    let d = producer.send(rec).await.unwrap();
+    (d.partition, d.position.unwrap().0)
 }

@@ -6,8 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use confab_common::config::{Env, KafkaConfig};
+use confab_common::position::KafkaOffset;
 use confab_common::record::{RoomRecord, UserRef};
+use confab_common::stream::{Layout, LayoutWatch};
 use confab_persister::{Config, Persister, PersisterError, Stats};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
@@ -23,6 +27,8 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Option<RoomRecord>);
 pub struct Produced {
     pub partition: i32,
     pub offset: i64,
+    /// Its stream position, by the topic's layout.
+    pub position: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     /// Set for good records.
@@ -33,7 +39,7 @@ pub struct Produced {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StoredRow {
     pub partition: i32,
-    /// The stream position: the Kafka offset plus one.
+    /// The stream position.
     pub offset: i64,
     pub room_id: Uuid,
     pub id: Uuid,
@@ -49,7 +55,7 @@ impl StoredRow {
         let r = p.record.as_ref()?;
         Some(Self {
             partition: p.partition,
-            offset: confab_common::record::stream_offset(p.offset),
+            offset: p.position,
             room_id: r.room_id,
             id: r.id,
             kind: r.kind.as_str().to_owned(),
@@ -88,18 +94,38 @@ pub fn rooms(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::new_v4()).collect()
 }
 
-pub fn producer(kafka: &KafkaConfig) -> FutureProducer {
-    confab_common::kafka::producer_config(kafka)
-        .create()
-        .expect("producer")
+/// A producer that knows the topic's layout, so that it can tell where each
+/// record's position is.
+#[derive(Clone)]
+pub struct TestProducer {
+    pub inner: FutureProducer,
+    pub layout: Arc<Layout>,
+}
+
+pub async fn producer(kafka: &KafkaConfig) -> TestProducer {
+    let layout = LayoutWatch::new(kafka)
+        .expect("layout watch")
+        .refresh()
+        .await
+        .layout()
+        .cloned()
+        .expect("the test topic has a layout");
+    TestProducer {
+        inner: confab_common::kafka::producer_config(kafka)
+            .create()
+            .expect("producer"),
+        layout,
+    }
 }
 
 /// Produces `records` (key, payload) in order and waits for every ack.
 pub async fn produce_raw(
-    producer: &FutureProducer,
+    producer: &TestProducer,
     topic: &str,
     records: Vec<RawRecord>,
 ) -> Vec<Produced> {
+    let layout = Arc::clone(&producer.layout);
+    let producer = &producer.inner;
     let mut futures = Vec::with_capacity(records.len());
     for (key, payload, record) in records {
         let fut = {
@@ -132,6 +158,11 @@ pub async fn produce_raw(
         out.push(Produced {
             partition: delivery.partition,
             offset: delivery.offset,
+            position: layout
+                .base(delivery.partition)
+                .expect("a partition of the layout")
+                .position(KafkaOffset(delivery.offset))
+                .to_db(),
             key,
             payload,
             record,
@@ -141,7 +172,7 @@ pub async fn produce_raw(
 }
 
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &TestProducer,
     topic: &str,
     records: Vec<RoomRecord>,
 ) -> Vec<Produced> {
