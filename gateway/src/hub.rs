@@ -802,6 +802,40 @@ mod tests {
     }
 
     #[test]
+    fn a_new_incarnation_empties_windows_and_changes_the_epoch() {
+        let h = hub(10);
+        let room = Uuid::new_v4();
+        for o in 0..3 {
+            h.deliver(0, at(o), &record(room, Uuid::new_v4(), RecordKind::Message, "old"));
+        }
+        let old_epoch = B.epoch();
+        let (p, _rx) = peer(Uuid::new_v4(), 16);
+        let s = h.subscribe(room, &p, Some((w(0), old_epoch.as_str())));
+        assert!(s.recovered && s.publications.len() == 2);
+        assert!(h.unsubscribe(room, s.sub_id));
+
+        // The topic was created again: offsets start at 0 on a higher base.
+        let new = Base(1_000_000);
+        h.init_partition(0, new, new.floor(), new.floor());
+        let s = h.subscribe(room, &p, Some((w(2), old_epoch.as_str())));
+        assert!(!s.recovered, "an old epoch never recovers");
+        assert!(s.publications.is_empty());
+        assert_eq!(s.epoch, new.epoch());
+        assert_ne!(s.epoch, old_epoch);
+        assert_eq!(s.offset, new.floor().0, "positions only go up");
+        assert!(h.history(room, -1, None, false).unwrap().publications.is_empty());
+        h.deliver(
+            0,
+            new.position(KafkaOffset(0)),
+            &record(room, Uuid::new_v4(), RecordKind::Message, "new"),
+        );
+        let hist = h.history(room, -1, None, false).unwrap();
+        assert_eq!(hist.publications.len(), 1);
+        assert_eq!(hist.offset, new.position(KafkaOffset(0)).0);
+        assert!(hist.offset > w(2));
+    }
+
+    #[test]
     fn recovery_ahead_of_this_instance_skips_what_the_client_has() {
         let h = hub(10);
         h.partitions[0].high.store(w(9), Ordering::Release);

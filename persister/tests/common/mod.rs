@@ -371,8 +371,7 @@ pub fn committed(kafka: &KafkaConfig, group: &str, partitions: i32) -> BTreeMap<
         .collect()
 }
 
-/// Per partition, one past the last produced offset. (tansu's ListOffsets
-/// does not give the true high watermark, so tests count for themselves.)
+/// Per partition, one past the last produced offset.
 pub fn ends(produced: &[Produced]) -> BTreeMap<i32, i64> {
     let mut ends = BTreeMap::new();
     for p in produced {
