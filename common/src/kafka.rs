@@ -78,7 +78,7 @@ pub async fn ensure_topic(
     partitions: i32,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base(config).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)); // the cluster default
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new], &opts).await?;
     for result in results {
