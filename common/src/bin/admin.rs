@@ -3,10 +3,15 @@
 //! - `confab-admin migrate` applies the SQL migrations to `DATABASE_URL`.
 //! - `confab-admin create-topic [TOPIC] [PARTITIONS]` creates the room topic
 //!   on `KAFKA_BROKERS` unless it exists (defaults: `CONFAB_KAFKA_TOPIC`,
-//!   `CONFAB_KAFKA_PARTITIONS` or 16).
+//!   `CONFAB_KAFKA_PARTITIONS` or 16), then waits until every partition's
+//!   leader answers for it.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use confab_common::config::{exit_on_error, Env, KafkaConfig, LogConfig};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -47,6 +52,7 @@ async fn create_topic(env: &Env, args: &[String]) -> anyhow::Result<()> {
     for _ in 0..30 {
         match confab_common::kafka::ensure_topic(&config, &topic, partitions).await {
             Ok(()) => {
+                wait_for_leaders(&config.brokers, &topic).await?;
                 tracing::info!(%topic, partitions, "topic ready");
                 return Ok(());
             }
@@ -57,4 +63,54 @@ async fn create_topic(env: &Env, args: &[String]) -> anyhow::Result<()> {
         }
     }
     Err(last_err.expect("loop ran")).context("creating the topic")
+}
+
+/// Waits until every partition of `topic` has a leader that answers a
+/// ListOffsets for it: on a cluster of several nodes, a topic just created (or
+/// a cluster just started) takes a moment, and clients that start meanwhile
+/// get NotLeaderForPartition.
+async fn wait_for_leaders(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating a Kafka client")?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match not_ready(&consumer, &topic) {
+                None => return Ok(()),
+                Some(why) if Instant::now() >= deadline => {
+                    bail!("topic {topic} is not ready after 30 s: {why}")
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+    .await
+    .context("waiting for the topic's leaders")?
+}
+
+/// Why `topic` is not ready yet, if it is not.
+fn not_ready(consumer: &BaseConsumer, topic: &str) -> Option<String> {
+    let timeout = Duration::from_secs(5);
+    let metadata = match consumer.fetch_metadata(Some(topic), timeout) {
+        Ok(metadata) => metadata,
+        Err(err) => return Some(err.to_string()),
+    };
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Some("not in the metadata".to_owned());
+    };
+    if let Some(err) = t.error() {
+        return Some(format!("{err:?}"));
+    }
+    if t.partitions().is_empty() {
+        return Some("no partitions".to_owned());
+    }
+    t.partitions().iter().find_map(|p| {
+        consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .err()
+            .map(|err| format!("partition {}: {err}", p.id()))
+    })
 }
