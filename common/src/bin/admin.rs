@@ -3,13 +3,18 @@
 //! - `confab-admin migrate` applies the SQL migrations to `DATABASE_URL`.
 //! - `confab-admin create-topic [TOPIC] [PARTITIONS]` creates the room topic
 //!   on `KAFKA_BROKERS` unless it exists (defaults: `CONFAB_KAFKA_TOPIC`,
-//!   `CONFAB_KAFKA_PARTITIONS` or 16), with the cluster's replication, and
-//!   writes the geneses of partitions that lack one. When `DATABASE_URL` is
-//!   set, new bases start above every position already in `messages`.
+//!   `CONFAB_KAFKA_PARTITIONS` or 16), with the cluster's replication, waits
+//!   until every partition's leader answers for it, and writes the geneses of
+//!   partitions that lack one. When `DATABASE_URL` is set, new bases start
+//!   above every position already in `messages`.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use confab_common::config::{exit_on_error, Env, KafkaConfig, LogConfig};
 use confab_common::position::Position;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -55,6 +60,7 @@ async fn create_topic(env: &Env, args: &[String]) -> anyhow::Result<()> {
     for _ in 0..60 {
         match confab_common::kafka::ensure_topic(&config, &config.topic, partitions).await {
             Ok(()) => {
+                wait_for_leaders(&config.brokers, &config.topic).await?;
                 let layout = confab_common::stream::write_geneses(&config, hint)
                     .await
                     .context("writing the geneses")?;
@@ -80,4 +86,54 @@ async fn highest_position(url: &str) -> anyhow::Result<Position> {
         .await
         .context("reading the highest stored position (run `confab-admin migrate` first)")?;
     Ok(Position::from_db(row.get(0)))
+}
+
+/// Waits until every partition of `topic` has a leader that answers a
+/// ListOffsets for it: on a cluster of several nodes, a topic just created (or
+/// a cluster just started) takes a moment, and clients that start meanwhile
+/// get NotLeaderForPartition.
+async fn wait_for_leaders(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating a Kafka client")?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match not_ready(&consumer, &topic) {
+                None => return Ok(()),
+                Some(why) if Instant::now() >= deadline => {
+                    bail!("topic {topic} is not ready after 30 s: {why}")
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+    .await
+    .context("waiting for the topic's leaders")?
+}
+
+/// Why `topic` is not ready yet, if it is not.
+fn not_ready(consumer: &BaseConsumer, topic: &str) -> Option<String> {
+    let timeout = Duration::from_secs(5);
+    let metadata = match consumer.fetch_metadata(Some(topic), timeout) {
+        Ok(metadata) => metadata,
+        Err(err) => return Some(err.to_string()),
+    };
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Some("not in the metadata".to_owned());
+    };
+    if let Some(err) = t.error() {
+        return Some(format!("{err:?}"));
+    }
+    if t.partitions().is_empty() {
+        return Some("no partitions".to_owned());
+    }
+    t.partitions().iter().find_map(|p| {
+        consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .err()
+            .map(|err| format!("partition {}: {err}", p.id()))
+    })
 }

@@ -6,6 +6,9 @@
 
 use crate::config::KafkaConfig;
 
+mod cluster;
+pub use cluster::{KafkaCluster, PartitionState, Signal};
+
 /// The address of a service the tests need, or a panic that says how to get it.
 pub fn require_env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| {
