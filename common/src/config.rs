@@ -95,6 +95,19 @@ impl Env {
         }
     }
 
+    /// A count that must be at least 1, or `default` when unset.
+    pub fn positive_or(&self, key: &'static str, default: usize) -> Result<usize, ConfigError> {
+        let n: usize = self.parse_or(key, default)?;
+        if n == 0 {
+            return Err(ConfigError::Invalid {
+                key,
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(n)
+    }
+
     /// A duration in milliseconds (`KEY=250`), or `default` when unset.
     pub fn millis_or(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         let ms: u64 = self.parse_or(key, default.as_millis() as u64)?;
@@ -280,6 +293,18 @@ mod tests {
             "0123456789abcdef0123"
         )]))
         .is_ok());
+    }
+
+    #[test]
+    fn positive_counts() {
+        let env = Env::from_pairs([("A", "0"), ("B", "3")]);
+        assert!(env
+            .positive_or("A", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("must be at least 1"));
+        assert_eq!(env.positive_or("B", 5).unwrap(), 3);
+        assert_eq!(env.positive_or("C", 5).unwrap(), 5);
     }
 
     #[test]

@@ -87,9 +87,7 @@ impl std::fmt::Debug for JwtKeys {
     }
 }
 
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+
 
 fn validation(audience: &str) -> Validation {
     let mut v = Validation::new(Algorithm::HS256);
@@ -140,7 +138,7 @@ impl JwtKeys {
         username: &str,
         ttl: Duration,
     ) -> (String, i64) {
-        let iat = unix_now();
+        let iat = crate::clock::now_secs();
         let exp = iat + ttl.as_secs() as i64;
         let claims = AccessClaims {
             sub: user,
@@ -165,7 +163,7 @@ impl JwtKeys {
         channel: &str,
         ttl: Duration,
     ) -> (String, i64) {
-        let iat = unix_now();
+        let iat = crate::clock::now_secs();
         let exp = iat + ttl.as_secs() as i64;
         let claims = SubscriptionClaims {
             sub: user,
@@ -262,8 +260,8 @@ mod tests {
         let claims = AccessClaims {
             sub: Uuid::new_v4(),
             name: "old".into(),
-            exp: unix_now() - 60,
-            iat: unix_now() - 120,
+            exp: crate::clock::now_secs() - 60,
+            iat: crate::clock::now_secs() - 120,
             iss: ISSUER.into(),
             aud: ACCESS_AUDIENCE.into(),
         };

@@ -8,6 +8,7 @@
 //! settings ([`kafka`]), logs and metrics ([`telemetry`]), health and metrics
 //! endpoints ([`ops`]) and graceful shutdown ([`shutdown`]).
 
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod jwt;

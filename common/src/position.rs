@@ -107,11 +107,6 @@ impl Base {
     }
 }
 
-/// Unix time in microseconds.
-pub fn now_us() -> u64 {
-    let now = time::OffsetDateTime::now_utc();
-    u64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(0)
-}
 
 #[cfg(test)]
 mod tests {
@@ -135,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_fresh_base_is_above_what_is_known_and_exact_in_javascript() {
-        let now = now_us();
+        let now = crate::clock::now_us();
         assert!(now > 1_700_000_000_000_000, "microseconds since 1970");
         assert_eq!(Base::fresh(now, Position(5)), Base(now));
         assert_eq!(Base::fresh(10, Position(99)), Base(100));

@@ -162,11 +162,7 @@ pub enum RecordError {
     UnknownKind(String),
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000_000) as i64
-}
+use crate::clock::now_ms;
 
 impl RoomRecord {
     /// A chat message. `data` must already be validated by the caller.

@@ -47,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::KafkaConfig;
-use crate::position::{now_us, Base, KafkaOffset, Position};
+use crate::clock::now_us;
+use crate::position::{Base, KafkaOffset, Position};
 use crate::record::{Genesis, RoomRecord, GENESIS_KEY};
 
 /// How many records of a partition are read, at most, looking for its

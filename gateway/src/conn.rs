@@ -207,7 +207,7 @@ struct Session {
 }
 
 fn unix_now() -> i64 {
-    confab_common::record::now_ms() / 1000
+    confab_common::clock::now_secs()
 }
 
 impl Session {

@@ -239,7 +239,7 @@ impl std::fmt::Debug for Hub {
 }
 
 fn now_ms() -> i64 {
-    confab_common::record::now_ms()
+    confab_common::clock::now_ms()
 }
 
 impl Room {
@@ -903,7 +903,7 @@ mod tests {
         assert!(got[1]["push"]["leave"].is_object());
         assert_eq!(h.presence_stats(room), (1, 1));
         assert!(!h.unsubscribe(room, sa.sub_id));
-        let now_s = confab_common::record::now_ms() / 1000;
+        let now_s = confab_common::clock::now_ms() / 1000;
         assert!(h.left_since(room, leaver, now_s - 60), "old token refused");
         assert!(
             !h.left_since(room, leaver, now_s + 1),

@@ -196,7 +196,7 @@ async fn latency(rate: u64, seconds: u64, partitions: i32) -> anyhow::Result<()>
         let (acks, id) = (acks.clone(), rec.id);
         tokio::spawn(async move {
             if let Ok(Ok(_)) = delivery.await {
-                let at = confab_common::record::now_ms();
+                let at = confab_common::clock::now_ms();
                 acks.lock().unwrap().push((id, at));
             }
         });

@@ -152,7 +152,7 @@ async fn write(
             counter!(m::POISON).increment(stored.refused);
             shared.count_poison(stored.refused);
         }
-        let now = confab_common::record::now_ms();
+        let now = confab_common::clock::now_ms();
         let latency = histogram!(m::PUBLISH_TO_PERSIST);
         for &ts in &batch.ts_ms {
             latency.record((now - ts).max(0) as f64 / 1000.0);

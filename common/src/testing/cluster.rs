@@ -134,16 +134,7 @@ impl KafkaCluster {
     /// cluster's replication (3 on three nodes). The produce timeout outlasts
     /// a failover.
     pub async fn test_topic(&self, partitions: i32) -> KafkaConfig {
-        let config = KafkaConfig {
-            brokers: self.brokers(),
-            topic: format!("confab.test.{}", uuid::Uuid::new_v4().simple()),
-            fetch_wait_max_ms: 10,
-            message_timeout_ms: 30_000,
-        };
-        crate::kafka::ensure_topic(&config, &config.topic, partitions)
-            .await
-            .expect("create test topic");
-        config
+        super::test_topic_on(&self.brokers(), partitions).await
     }
 
     /// Stops node `node` (1-based) with `signal` and waits until it is gone.
