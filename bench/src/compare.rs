@@ -109,7 +109,13 @@ const METRICS: &[Metric] = &[
         name: "delivery rate",
         unit: "/s",
         better: Better::Higher,
-        get: |r| r.traffic.as_ref().map(|t| t.deliveries_per_sec),
+        // Zero means not measured (persist has no rate).
+        get: |r| {
+            r.traffic
+                .as_ref()
+                .map(|t| t.deliveries_per_sec)
+                .filter(|v| *v > 0.0)
+        },
     },
     Metric {
         name: "deliveries",
@@ -184,7 +190,8 @@ const METRICS: &[Metric] = &[
         name: "connect rate",
         unit: "conn/s",
         better: Better::Higher,
-        get: |r| Some(r.connections.connect_rate_per_sec),
+        // No ramp (persist opens one connection): not measured.
+        get: |r| (r.connections.ramp_secs > 0.0).then_some(r.connections.connect_rate_per_sec),
     },
     Metric {
         name: "connections failed",
@@ -482,6 +489,7 @@ mod tests {
             connections: ConnStats {
                 target: 50,
                 established: 50,
+                ramp_secs: 0.1,
                 connect_rate_per_sec: 500.0,
                 ..Default::default()
             },
@@ -609,6 +617,11 @@ mod tests {
         );
         let r = row(&c.rows, "publish→REST p99");
         assert_eq!((r.confab, r.centrifugo, r.ratio), (Some(400.0), None, None));
+        // Figures the scenario does not measure get no row.
+        assert!(c
+            .rows
+            .iter()
+            .all(|r| r.metric != "connect rate" && r.metric != "delivery rate"));
         let t = c.table();
         assert!(t.contains("n/a"), "{t}");
         assert!(t.contains("Confab: INTERRUPTED"), "{t}");
