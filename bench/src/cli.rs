@@ -4,16 +4,68 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Measures what Confab users feel: publish-to-deliver latency, fan-out,
 /// connection cost and persistence lag, over the same WebSocket protocol and
 /// REST API as any client. Every run stops by itself after `--duration`.
+/// `--target centrifugo` runs the same scenarios against Centrifugo, and
+/// `compare` runs one scenario against both, back to back.
 #[derive(Debug, Parser)]
 #[command(name = "confab-bench", version)]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The server a run talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The Confab stack: users and rooms over its REST API, the gateway over WebSocket.
+    Confab,
+    /// Centrifugo (bench/peers/centrifugo): tokens and rooms made locally with the secret.
+    Centrifugo,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Confab => "confab",
+            Self::Centrifugo => "centrifugo",
+        }
+    }
+
+    /// The display name, for tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Confab => "Confab",
+            Self::Centrifugo => "Centrifugo",
+        }
+    }
+}
+
+/// What to run: one scenario, or one scenario against both servers.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Run(Scenario),
+    /// Runs one scenario against Confab, then against Centrifugo, with the same
+    /// parameters, and prints one table of both figures and their ratio.
+    Compare(Compare),
+}
+
+/// `compare` options.
+#[derive(Debug, Clone, Args)]
+pub struct Compare {
+    /// Wait between the two runs, so the first one's connections are gone.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub pause: Duration,
+    /// Run Centrifugo first.
+    #[arg(long)]
+    pub centrifugo_first: bool,
     #[command(subcommand)]
     pub scenario: Scenario,
 }
@@ -21,7 +73,10 @@ pub struct Cli {
 /// Options every scenario shares.
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Common {
-    /// The REST API base URL.
+    /// The server to run against.
+    #[arg(long, global = true, value_enum, default_value_t = Target::Confab)]
+    pub target: Target,
+    /// The REST API base URL (Confab only).
     #[arg(
         long,
         global = true,
@@ -29,16 +84,28 @@ pub struct Common {
         default_value = "http://127.0.0.1:8080"
     )]
     pub api: String,
-    /// The gateway's WebSocket URL.
+    /// Confab's gateway WebSocket URL; several (comma-separated or repeated)
+    /// spread the connections over several gateways.
     #[arg(
         long,
         global = true,
         env = "CONFAB_WS_URL",
+        value_delimiter = ',',
         default_value = "ws://127.0.0.1:8000/connection/websocket"
     )]
-    pub ws: String,
-    /// The HS256 secret: when given, subscription tokens are minted locally
-    /// (two-hour lifetime) instead of asked from the API per room.
+    pub ws: Vec<String>,
+    /// Centrifugo's WebSocket URL(s), as `bench/peers/centrifugo env` prints them.
+    #[arg(
+        long,
+        global = true,
+        env = "CONFAB_PEER_WS_URL",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8001/connection/websocket"
+    )]
+    pub centrifugo_ws: Vec<String>,
+    /// The HS256 secret. With Confab, subscription tokens are then minted
+    /// locally (two-hour lifetime) instead of asked from the API per room.
+    /// Centrifugo needs it: every token is minted locally.
     #[arg(long, global = true, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     #[serde(skip)]
     pub jwt_secret: Option<String>,
@@ -51,7 +118,7 @@ pub struct Common {
     pub users: usize,
     /// Source addresses to connect from (repeatable), with explicit ports.
     /// Default: the kernel's choice up to 20,000 connections, beyond that
-    /// 127.0.0.2, .3, ... one per 20,000 when the gateway is on loopback.
+    /// 127.0.0.2, .3, ... one per 20,000 when the server is on loopback.
     #[arg(long = "source-addr", global = true)]
     pub source_addrs: Vec<IpAddr>,
     /// Force this many 127.0.0.x source addresses (0: automatic).
@@ -66,13 +133,34 @@ pub struct Common {
     /// Timeout for one connection's open, connect and subscribe.
     #[arg(long, global = true, value_parser = parse_duration, default_value = "20s")]
     pub connect_timeout: Duration,
-    /// The gateway's pid, for memory figures (default: .dev/pids/gateway.pid).
+    /// Ask for join and leave pushes on subscribe (the protocol's `join_leave`).
     #[arg(long, global = true)]
-    pub gateway_pid: Option<u32>,
-    /// The gateway's Prometheus endpoint, read before and after the run
-    /// (default: /metrics on the WebSocket URL's host and port).
-    #[arg(long, global = true)]
-    pub metrics_url: Option<String>,
+    pub join_leave: bool,
+    /// The pid(s) of the server under test in a single run, whichever the
+    /// target: CPU time and RSS are read from /proc (summed over several).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Confab's gateway pid(s) (default: .dev/pids/gateway.pid).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub gateway_pid: Vec<u32>,
+    /// Centrifugo's pid(s) (default: from --centrifugo-pid-file).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub centrifugo_pid: Vec<u32>,
+    /// Centrifugo's pid file(s) (default: .dev/peers/pids/centrifugo.pid).
+    #[arg(
+        long,
+        global = true,
+        env = "CONFAB_PEER_PID_FILE",
+        value_delimiter = ','
+    )]
+    pub centrifugo_pid_file: Vec<PathBuf>,
+    /// Confab's gateway Prometheus endpoint(s), read before and after the run
+    /// (default: /metrics on each WebSocket URL's host and port).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
+    /// Centrifugo's Prometheus endpoint(s) (default: /metrics beside each WebSocket URL).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub centrifugo_metrics_url: Vec<String>,
     /// No progress bar.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -165,6 +253,16 @@ pub enum Scenario {
     },
 }
 
+impl Command {
+    /// The scenario to run, alone or in a comparison.
+    pub fn scenario(&self) -> &Scenario {
+        match self {
+            Self::Run(s) => s,
+            Self::Compare(c) => &c.scenario,
+        }
+    }
+}
+
 impl Scenario {
     pub fn name(&self) -> &'static str {
         match self {
@@ -252,7 +350,7 @@ mod tests {
         let cli = Cli::try_parse_from(args).unwrap();
         let json = serde_json::to_string(&cli.common).unwrap();
         assert!(!json.contains("abc") && !json.contains("s3cret"), "{json}");
-        let json = serde_json::to_value(&cli.scenario).unwrap();
+        let json = serde_json::to_value(cli.command.scenario()).unwrap();
         assert_eq!(json["latency"]["connections"], 5);
     }
 
@@ -288,7 +386,7 @@ mod tests {
         assert_eq!(cli.common.api, "http://127.0.0.1:9999");
         assert_eq!(cli.common.jwt_secret.as_deref(), Some("s3cret"));
         assert_eq!(cli.common.source_addrs.len(), 2);
-        match cli.scenario {
+        match cli.command.scenario().clone() {
             Scenario::Latency {
                 connections,
                 rooms,
@@ -309,21 +407,75 @@ mod tests {
     fn other_scenarios_parse() {
         let c = Cli::try_parse_from(["b", "connections", "-n", "50000", "--rooms", "0"]).unwrap();
         assert!(matches!(
-            c.scenario,
+            c.command.scenario(),
             Scenario::Connections {
                 connections: 50000,
                 rooms: 0,
                 ..
             }
         ));
-        assert_eq!(c.scenario.name(), "connections");
+        assert_eq!(c.command.scenario().name(), "connections");
         let c = Cli::try_parse_from(["b", "persist", "--poll", "50ms"]).unwrap();
         assert!(
-            matches!(c.scenario, Scenario::Persist { poll, .. } if poll == Duration::from_millis(50))
+            matches!(c.command.scenario(), Scenario::Persist { poll, .. } if *poll == Duration::from_millis(50))
         );
         let c = Cli::try_parse_from(["b", "fanout", "-n", "300", "--gateway-pid", "42"]).unwrap();
-        assert_eq!(c.common.gateway_pid, Some(42));
+        assert_eq!(c.common.gateway_pid, vec![42]);
+        assert_eq!(c.common.target, Target::Confab);
         assert!(Cli::try_parse_from(["b", "latency", "--rate", "fast"]).is_err());
         assert!(Cli::try_parse_from(["b"]).is_err());
+    }
+
+    #[test]
+    fn targets_and_lists_parse() {
+        let c = Cli::try_parse_from([
+            "b",
+            "--target",
+            "centrifugo",
+            "--centrifugo-ws",
+            "ws://127.0.0.1:8202/connection/websocket,ws://127.0.0.1:8203/connection/websocket",
+            "--server-pid",
+            "7,8",
+            "latency",
+            "-n",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(c.common.target, Target::Centrifugo);
+        assert_eq!(c.common.centrifugo_ws.len(), 2);
+        assert_eq!(c.common.server_pid, vec![7, 8]);
+        assert!(matches!(
+            c.command,
+            Command::Run(Scenario::Latency {
+                connections: 50,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["b", "--target", "nats", "latency"]).is_err());
+    }
+
+    #[test]
+    fn compare_wraps_a_scenario() {
+        let c = Cli::try_parse_from([
+            "b", "compare", "--pause", "1s", "latency", "-n", "50", "-r", "2", "--rate", "20",
+        ])
+        .unwrap();
+        match &c.command {
+            Command::Compare(cmp) => {
+                assert_eq!(cmp.pause, Duration::from_secs(1));
+                assert!(!cmp.centrifugo_first);
+                assert!(matches!(
+                    cmp.scenario,
+                    Scenario::Latency {
+                        connections: 50,
+                        rooms: 2,
+                        ..
+                    }
+                ));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(c.command.scenario().name(), "latency");
+        assert!(Cli::try_parse_from(["b", "compare"]).is_err());
     }
 }

@@ -109,6 +109,10 @@ impl Shared {
 pub struct ConnSpec {
     /// Position in the run; also the histogram shard hint.
     pub index: usize,
+    /// Which of the run's servers to connect to (an index into the targets).
+    pub server: usize,
+    /// Ask for join and leave pushes on subscribe.
+    pub join_leave: bool,
     /// The access token for `connect`.
     pub token: Arc<str>,
     /// The room index this connection belongs to, if any.
@@ -227,7 +231,12 @@ pub async fn establish(
             writer
                 .lock()
                 .await
-                .write_frame(ws::text_frame(proto::subscribe_command(id, channel, token)))
+                .write_frame(ws::text_frame(proto::subscribe_command(
+                    id,
+                    channel,
+                    token,
+                    spec.join_leave,
+                )))
                 .await?;
             await_reply(&mut read, &writer, id, "subscribe").await?;
             id += 1;
@@ -522,11 +531,12 @@ pub fn error_key(e: &anyhow::Error) -> String {
     s
 }
 
-/// Opens every spec, `opts.concurrency` at a time, calling `on_step(done)`
-/// after each attempt. Stops early when `interrupt` fires.
+/// Opens every spec, `opts.concurrency` at a time, each to its server among
+/// `targets`, calling `on_step(done)` after each attempt. Stops early when
+/// `interrupt` fires.
 #[allow(clippy::too_many_arguments)]
 pub async fn ramp(
-    target: &WsTarget,
+    targets: &[WsTarget],
     specs: Vec<ConnSpec>,
     shared: &Arc<Shared>,
     opts: &RampOpts,
@@ -546,6 +556,9 @@ pub async fn ramp(
                 if let Some(per) = per {
                     tokio::time::sleep_until(start + per * i as u32).await;
                 }
+                let target = targets
+                    .get(spec.server)
+                    .with_context(|| format!("no server #{}", spec.server))?;
                 establish(target, spec, shared, stop, tracker, opts.timeout).await
             }
         })

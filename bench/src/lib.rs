@@ -5,73 +5,130 @@
 //! the gateway, and times publish-to-deliver, publish-to-ack and
 //! publish-to-REST-history. It owns no server code. Scenarios live in
 //! [`scenario`]; [`run`] is what the binary calls.
+//!
+//! The same scenarios run against Centrifugo (`--target centrifugo`), the
+//! peer that speaks the same protocol; [`target`] holds the little that
+//! differs, and [`compare`] runs both back to back and tabulates the ratios.
 
 pub mod cli;
 pub mod client;
+pub mod compare;
 pub mod proto;
 pub mod report;
 pub mod rest;
 pub mod scenario;
 pub mod stats;
 pub mod sys;
+pub mod target;
 pub mod ws;
+
+use std::path::Path;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Scenario};
+use crate::cli::{Cli, Command, Common, Scenario};
 use crate::report::Report;
+use crate::target::{Endpoints, Target};
 
-/// Runs one scenario to completion (or to Ctrl-C on `interrupt`), prints the
-/// table and writes the JSON and SVG files.
-pub async fn run(
-    cli: Cli,
-    command: String,
-    interrupt: CancellationToken,
+/// Runs what the command line asks: one scenario against one target, or a
+/// comparison of both targets. Prints the table(s) and writes the JSON and SVG.
+pub async fn run(cli: Cli, command: String, interrupt: CancellationToken) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run(scenario) => {
+            let report = run_target(
+                &cli.common,
+                scenario,
+                cli.common.target,
+                true,
+                &command,
+                &interrupt,
+            )
+            .await?;
+            let out = cli.common.out.clone().unwrap_or_else(|| {
+                report::default_out(scenario.name(), time::OffsetDateTime::now_utc())
+            });
+            print!("{}", report.table());
+            save(&report, &out)
+        }
+        Command::Compare(cmp) => {
+            compare::run(&cli.common, cmp, &command, &interrupt).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Writes a report's JSON and, when it has latency series, its SVG beside it.
+pub fn save(report: &Report, out: &Path) -> anyhow::Result<()> {
+    report.write_json(out)?;
+    println!("  results: {}", out.display());
+    let svg = report::svg_path(out);
+    if report::write_svg(report, &svg).with_context(|| format!("drawing {}", svg.display()))? {
+        println!("  plot:    {}", svg.display());
+    }
+    Ok(())
+}
+
+/// Runs one scenario against one target to completion (or to Ctrl-C on
+/// `interrupt`) and returns its report; prints nothing but progress.
+/// `single` is true outside `compare` (then `--server-pid` applies).
+pub async fn run_target(
+    common: &Common,
+    scenario: &Scenario,
+    kind: Target,
+    single: bool,
+    command: &str,
+    interrupt: &CancellationToken,
 ) -> anyhow::Result<Report> {
+    let endpoints = Endpoints::resolve(common, kind, single)?;
     let started = time::OffsetDateTime::now_utc();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let name = cli.scenario.name();
-    let out = cli
-        .common
-        .out
-        .clone()
-        .unwrap_or_else(|| report::default_out(name, started));
-    let report = Report {
-        scenario: name.into(),
+    let mut common = common.clone();
+    common.target = kind;
+    let mut report = Report {
+        target: kind.name().into(),
+        scenario: scenario.name().into(),
         run_id: run.clone(),
         started_at: started
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        command,
-        params: serde_json::json!({"scenario": &cli.scenario, "common": &cli.common}),
+        command: command.to_owned(),
+        params: serde_json::json!({
+            "target": kind,
+            "ws": &endpoints.ws,
+            "scenario": scenario,
+            "common": &common,
+        }),
+        server_pids: endpoints.server.pids.clone(),
         ..Default::default()
     };
-    let gateway = sys::gateway_pid(cli.common.gateway_pid, None).ok();
-    let metrics_url = match &cli.common.metrics_url {
-        Some(u) => u.clone(),
-        None => {
-            let (host, port, _) = ws::parse_ws_url(&cli.common.ws)?;
-            format!("http://{host}:{port}/metrics")
-        }
-    };
-    let metrics_before = scenario::scrape(&metrics_url).await;
-    let cpu_start = gateway.and_then(sys::cpu_secs);
-    let report = Report {
-        load_average_start: sys::loadavg(),
-        ..report
-    };
+    if let Some(e) = &endpoints.pid_error {
+        report
+            .notes
+            .push(format!("server CPU and RSS left out: {e}"));
+    }
+    let mut targets = Vec::with_capacity(endpoints.ws.len());
+    for url in &endpoints.ws {
+        targets.push(ws::WsTarget::resolve(url).await?);
+    }
+    let metrics_before = scenario::scrape(&endpoints.metrics, kind.metrics_prefix()).await;
+    let server = endpoints.server.clone();
+    let cpu_start = server.cpu_secs();
+    report.load_average_start = sys::loadavg();
     let ctx = scenario::Ctx {
-        api: rest::Api::new(&cli.common.api)?,
-        target: ws::WsTarget::resolve(&cli.common.ws).await?,
-        common: cli.common.clone(),
+        api: rest::Api::new(&common.api)?,
+        kind,
+        targets,
+        server: server.clone(),
+        pid_error: endpoints.pid_error.clone(),
+        common,
         run,
         interrupt: interrupt.clone(),
         report,
-        metrics_url,
+        metrics_urls: endpoints.metrics.clone(),
         metrics_before,
     };
-    let mut report = match cli.scenario {
+    let mut report = match scenario.clone() {
         Scenario::Latency {
             connections,
             rooms,
@@ -100,15 +157,8 @@ pub async fn run(
     };
     report.interrupted = interrupt.is_cancelled();
     report.load_average_end = sys::loadavg();
-    if let (Some(a), Some(b)) = (cpu_start, gateway.and_then(sys::cpu_secs)) {
-        report.gateway_cpu_secs = Some(b - a);
-    }
-    print!("{}", report.table());
-    report.write_json(&out)?;
-    println!("  results: {}", out.display());
-    let svg = report::svg_path(&out);
-    if report::write_svg(&report, &svg).with_context(|| format!("drawing {}", svg.display()))? {
-        println!("  plot:    {}", svg.display());
+    if let (Some(a), Some(b)) = (cpu_start, server.cpu_secs()) {
+        report.server_cpu_secs = Some(b - a);
     }
     Ok(report)
 }

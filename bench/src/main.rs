@@ -29,6 +29,6 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         });
-        confab_bench::run(cli, command, interrupt).await.map(|_| ())
+        confab_bench::run(cli, command, interrupt).await
     })
 }

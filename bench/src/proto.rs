@@ -19,13 +19,15 @@ pub fn connect_command(id: u32, token: &str, name: &str) -> Vec<u8> {
     .expect("a JSON value always serializes")
 }
 
-/// A `subscribe` command for one channel with its subscription token.
-pub fn subscribe_command(id: u32, channel: &str, token: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "id": id,
-        "subscribe": {"channel": channel, "token": token},
-    }))
-    .expect("a JSON value always serializes")
+/// A `subscribe` command for one channel with its subscription token;
+/// `join_leave` asks for join and leave pushes (protocol v2's opt-in flag).
+pub fn subscribe_command(id: u32, channel: &str, token: &str, join_leave: bool) -> Vec<u8> {
+    let mut sub = serde_json::json!({"channel": channel, "token": token});
+    if join_leave {
+        sub["join_leave"] = serde_json::Value::Bool(true);
+    }
+    serde_json::to_vec(&serde_json::json!({"id": id, "subscribe": sub}))
+        .expect("a JSON value always serializes")
 }
 
 /// The `data` of every publication the bench sends. `t` is the send time in
@@ -204,10 +206,14 @@ mod tests {
         assert_eq!(v["connect"]["name"], "bench");
         assert!(!c.contains(&b'\n'));
 
-        let s = subscribe_command(2, "room:x", "st");
+        let s = subscribe_command(2, "room:x", "st", false);
         let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
         assert_eq!(v["subscribe"]["channel"], "room:x");
         assert_eq!(v["subscribe"]["token"], "st");
+        assert!(v["subscribe"].get("join_leave").is_none());
+        let s = subscribe_command(2, "room:x", "st", true);
+        let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
+        assert_eq!(v["subscribe"]["join_leave"], true);
 
         let data = BenchData {
             text: "bench",

@@ -32,6 +32,10 @@ pub struct ConnStats {
     pub pings: u64,
     /// Disconnect pushes by reason.
     pub disconnects: BTreeMap<String, u64>,
+    /// Server CPU seconds during the ramp (connect and subscribe), when its pid is known.
+    pub server_cpu_secs: Option<f64>,
+    /// That, in microseconds per established connection.
+    pub server_cpu_us_per_connection: Option<f64>,
 }
 
 /// Publishes and deliveries.
@@ -68,17 +72,21 @@ pub struct TrafficStats {
     pub parse_errors: u64,
     /// Latency samples beyond the histogram range.
     pub clamped_samples: u64,
+    /// Server CPU seconds from the first publish to the end of the drain.
+    pub server_cpu_secs: Option<f64>,
+    /// That, in microseconds per delivery.
+    pub server_cpu_us_per_delivery: Option<f64>,
 }
 
-/// The gateway's memory.
+/// The server's memory (summed over its processes).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemoryStats {
-    pub gateway_pid: u32,
-    /// The gateway's soft fd limit when the run started.
-    pub gateway_nofile: Option<u64>,
+    pub server_pids: Vec<u32>,
+    /// The server's soft fd limit when the run started (the lowest, for several).
+    pub server_nofile: Option<u64>,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
-    /// (connections open, gateway VmRSS KiB) along the ramp.
+    /// (connections open, server VmRSS KiB) along the ramp.
     pub samples: Vec<(usize, u64)>,
     /// (after - before) / established.
     pub per_connection_bytes: Option<f64>,
@@ -106,6 +114,8 @@ pub struct PersistStats {
 /// Everything one run produced.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// `confab` or `centrifugo`.
+    pub target: String,
     pub scenario: String,
     pub run_id: String,
     pub started_at: String,
@@ -119,11 +129,14 @@ pub struct Report {
     /// machine has two cores shared with everything else running.
     pub load_average_start: Option<String>,
     pub load_average_end: Option<String>,
-    /// CPU seconds the gateway used during the run, when its pid is known.
-    pub gateway_cpu_secs: Option<f64>,
-    /// How the gateway's own counters moved during the run (`*_total`,
-    /// histogram `_sum`/`_count`, and `_mean` in seconds).
-    pub gateway_metrics: std::collections::BTreeMap<String, f64>,
+    /// The server processes whose CPU time and RSS were read (Confab: the
+    /// gateway; Centrifugo: its node), when known.
+    pub server_pids: Vec<u32>,
+    /// CPU seconds the server used during the whole run, when its pid is known.
+    pub server_cpu_secs: Option<f64>,
+    /// How the server's own counters moved during the run (`*_total`,
+    /// histogram `_sum`/`_count`, and `_mean` in seconds), summed over servers.
+    pub server_metrics: std::collections::BTreeMap<String, f64>,
     pub connections: ConnStats,
     pub traffic: Option<TrafficStats>,
     pub deliver_latency: Option<Summary>,
@@ -168,8 +181,13 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "confab-bench {} — run {}{}",
+            "confab-bench {} against {} — run {}{}",
             self.scenario,
+            if self.target.is_empty() {
+                "confab"
+            } else {
+                &self.target
+            },
             self.run_id,
             if self.interrupted {
                 " (INTERRUPTED: partial results)"
@@ -178,12 +196,17 @@ impl Report {
             }
         );
         row(&mut o, "started", &self.started_at);
-        row(&mut o, "setup (REST)", format!("{:.1} s", self.setup_secs));
+        row(&mut o, "setup", format!("{:.1} s", self.setup_secs));
         if let (Some(a), Some(b)) = (&self.load_average_start, &self.load_average_end) {
             row(&mut o, "load average", format!("{a} -> {b} (2 cores)"));
         }
-        if let Some(cpu) = self.gateway_cpu_secs {
-            row(&mut o, "gateway CPU", format!("{cpu:.1} s"));
+        if let Some(cpu) = self.server_cpu_secs {
+            let pids: Vec<String> = self.server_pids.iter().map(|p| p.to_string()).collect();
+            row(
+                &mut o,
+                "server CPU",
+                format!("{cpu:.2} s (pid {})", pids.join(", ")),
+            );
         }
         let c = &self.connections;
         row(
@@ -207,6 +230,13 @@ impl Report {
                 c.alive_at_end, c.closed_by_server, c.io_errors, c.pings
             ),
         );
+        if let (Some(cpu), Some(us)) = (c.server_cpu_secs, c.server_cpu_us_per_connection) {
+            row(
+                &mut o,
+                "  server CPU, ramp",
+                format!("{cpu:.2} s, {us:.0} µs per connection"),
+            );
+        }
         for (e, n) in &c.errors {
             row(&mut o, "  connect error", format!("{n} × {e}"));
         }
@@ -241,6 +271,13 @@ impl Report {
                     t.deliveries, t.expected_deliveries, t.missing_deliveries, t.deliveries_per_sec
                 ),
             );
+            if let (Some(cpu), Some(us)) = (t.server_cpu_secs, t.server_cpu_us_per_delivery) {
+                row(
+                    &mut o,
+                    "  server CPU, traffic",
+                    format!("{cpu:.2} s, {us:.2} µs per delivery"),
+                );
+            }
         }
         if let Some(p) = &self.persist {
             row(
@@ -255,13 +292,17 @@ impl Report {
         if let Some(m) = &self.memory {
             row(
                 &mut o,
-                "gateway RSS",
+                "server RSS",
                 format!(
                     "{:.1} MiB -> {:.1} MiB (pid {}, fd limit {})",
                     m.rss_before_kib as f64 / 1024.0,
                     m.rss_after_kib as f64 / 1024.0,
-                    m.gateway_pid,
-                    m.gateway_nofile
+                    m.server_pids
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    m.server_nofile
                         .map(|n| n.to_string())
                         .unwrap_or_else(|| "?".into())
                 ),
@@ -277,10 +318,16 @@ impl Report {
                 row(&mut o, "bench RSS", format!("{:.1} MiB", b as f64 / 1024.0));
             }
         }
-        for (k, v) in &self.gateway_metrics {
-            let short = k.strip_prefix("confab_gateway_").unwrap_or(k);
-            if short.ends_with("_total") || short.ends_with("_mean") {
-                row(&mut o, &format!("gw {short}"), format!("{v:.3}"));
+        for (k, v) in &self.server_metrics {
+            let short = k
+                .strip_prefix("confab_gateway_")
+                .or_else(|| k.strip_prefix("centrifugo_"))
+                .unwrap_or(k);
+            let (name, _) = crate::sys::split_labels(short);
+            if name.ends_with("_total") {
+                row(&mut o, &format!("srv {short}"), format!("{v:.0}"));
+            } else if name.ends_with("_mean") {
+                row(&mut o, &format!("srv {short}"), format!("{v:.6}"));
             }
         }
         latency_rows(

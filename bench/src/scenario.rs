@@ -1,5 +1,7 @@
-//! The four scenarios. Each sets up its own users and rooms over REST, opens
-//! its connections, runs for a bounded time and returns a [`Report`].
+//! The four scenarios. Each sets up its own users and rooms (over Confab's
+//! REST API, or locally for Centrifugo, see [`crate::target`]), opens its
+//! connections, runs for a bounded time and returns a [`Report`]. The
+//! measuring code is the same for both targets.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,8 @@ use crate::client::{self, ConnSpec, PublishPlan, RampOpts, Shared};
 use crate::report::{ConnStats, MemoryStats, PersistStats, Report, TrafficStats};
 use crate::rest::{Api, BenchUser, Room};
 use crate::stats::{self, ShardedHistogram};
-use crate::sys;
+use crate::sys::{self, Server};
+use crate::target::{self, Target};
 use crate::ws::WsTarget;
 
 /// The password of every bench user.
@@ -29,30 +32,44 @@ const CDF_POINTS: usize = 300;
 #[derive(Debug)]
 pub struct Ctx {
     pub common: Common,
+    /// Which server this run talks to.
+    pub kind: Target,
     /// Eight hex digits, unique per run; in usernames, room names and every message.
     pub run: String,
+    /// Confab's REST API (unused for Centrifugo).
     pub api: Api,
-    pub target: WsTarget,
+    /// The servers' WebSocket endpoints; connections are spread over them.
+    pub targets: Vec<WsTarget>,
+    /// The server processes, for CPU and RSS (no pids: figures left out).
+    pub server: Server,
+    /// Why no server pid is known, when none is.
+    pub pid_error: Option<String>,
     /// Fires on Ctrl-C.
     pub interrupt: CancellationToken,
     pub report: Report,
-    /// The gateway's Prometheus endpoint.
-    pub metrics_url: String,
-    /// Its counters when the run started, if it answered.
+    /// The servers' Prometheus endpoints.
+    pub metrics_urls: Vec<String>,
+    /// Their counters when the run started, if they all answered.
     pub metrics_before: Option<std::collections::BTreeMap<String, f64>>,
 }
 
-/// The gateway's counters now, if its `/metrics` answers.
-pub async fn scrape(url: &str) -> Option<std::collections::BTreeMap<String, f64>> {
-    let resp = reqwest::Client::builder()
+/// The servers' counters now, summed, if every `/metrics` answers.
+pub async fn scrape(
+    urls: &[String],
+    prefix: &str,
+) -> Option<std::collections::BTreeMap<String, f64>> {
+    let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
-        .ok()?
-        .get(url)
-        .send()
-        .await
         .ok()?;
-    Some(sys::parse_gateway_metrics(&resp.text().await.ok()?))
+    let mut sum = std::collections::BTreeMap::new();
+    for url in urls {
+        let text = http.get(url).send().await.ok()?.text().await.ok()?;
+        for (k, v) in sys::parse_server_metrics(&text, prefix) {
+            *sum.entry(k).or_insert(0.0) += v;
+        }
+    }
+    Some(sum)
 }
 
 impl Ctx {
@@ -73,12 +90,18 @@ impl Ctx {
         pb
     }
 
-    /// Records how the gateway's counters moved since the start; called
+    /// Records how the server's counters moved since the start; called
     /// before the bench closes its connections, so the close storm is left out.
-    async fn record_gateway_metrics(&mut self) {
-        if let (Some(a), Some(b)) = (&self.metrics_before, scrape(&self.metrics_url).await) {
-            self.report.gateway_metrics = sys::metric_deltas(a, &b);
+    async fn record_server_metrics(&mut self) {
+        let now = scrape(&self.metrics_urls, self.kind.metrics_prefix()).await;
+        if let (Some(a), Some(b)) = (&self.metrics_before, now) {
+            self.report.server_metrics = sys::metric_deltas(a, &b);
         }
+    }
+
+    /// The first server's address, for choosing source addresses.
+    fn server_ip(&self) -> std::net::IpAddr {
+        self.targets[0].addr.ip()
     }
 
     /// Sleeps, or returns early (false) on Ctrl-C.
@@ -99,6 +122,8 @@ struct Fixture {
     access: Vec<Arc<str>>,
     /// Per room: the owner's subscription token for the room's channel.
     sub_tokens: Vec<Arc<str>>,
+    /// Whether subscribers ask for join and leave pushes.
+    join_leave: bool,
 }
 
 fn default_users(rooms: usize, asked: usize) -> usize {
@@ -110,6 +135,57 @@ fn default_users(rooms: usize, asked: usize) -> usize {
 }
 
 async fn setup(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<Fixture> {
+    let keys = target::keys_for(ctx.kind, ctx.common.jwt_secret.as_deref())?;
+    let mut fx = match (ctx.kind, keys) {
+        (Target::Centrifugo, Some(keys)) => local_setup(&ctx.run, rooms, users, &keys),
+        (_, keys) => rest_setup(ctx, rooms, users, keys).await?,
+    };
+    fx.join_leave = ctx.common.join_leave;
+    Ok(fx)
+}
+
+/// Centrifugo: users exist only in their tokens and rooms only as channel
+/// names; the tokens carry the claims auth-api would issue.
+fn local_setup(
+    run: &str,
+    rooms: usize,
+    users: usize,
+    keys: &confab_common::jwt::JwtKeys,
+) -> Fixture {
+    let users: Vec<BenchUser> = (0..users.max(1))
+        .map(|i| target::local_user(keys, &format!("bench_{run}_{i}")))
+        .collect();
+    let created: Vec<Room> = (0..rooms).map(|_| target::local_room()).collect();
+    let sub_tokens = created
+        .iter()
+        .enumerate()
+        .map(|(r, room)| {
+            Arc::<str>::from(target::subscription_token(
+                keys,
+                &users[r % users.len()],
+                room,
+            ))
+        })
+        .collect();
+    let access = (0..rooms)
+        .map(|r| Arc::<str>::from(users[r % users.len()].token.as_str()))
+        .collect();
+    Fixture {
+        users,
+        rooms: created,
+        access,
+        sub_tokens,
+        join_leave: false,
+    }
+}
+
+/// Confab: register users and create rooms over REST, as any client does.
+async fn rest_setup(
+    ctx: &Ctx,
+    rooms: usize,
+    users: usize,
+    keys: Option<confab_common::jwt::JwtKeys>,
+) -> anyhow::Result<Fixture> {
     let pb = ctx.progress((users + rooms * 2) as u64, "setup");
     let api = &ctx.api;
     let run = &ctx.run;
@@ -145,13 +221,6 @@ async fn setup(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<Fixture>
         .buffered(8)
         .try_collect()
         .await?;
-    let keys = ctx.common.jwt_secret.as_ref().map(|s| {
-        confab_common::jwt::JwtKeys::new(
-            s.as_bytes(),
-            Duration::from_secs(24 * 3600),
-            Duration::from_secs(2 * 3600),
-        )
-    });
     let created_ref = &created;
     let keys_ref = &keys;
     let sub_tokens: Vec<Arc<str>> = futures::stream::iter(0..rooms)
@@ -161,7 +230,7 @@ async fn setup(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<Fixture>
                 let owner = &users_ref[r % users_ref.len()];
                 let room = &created_ref[r];
                 let token = match keys_ref {
-                    Some(k) => k.issue_subscription(owner.id, &room.channel).0,
+                    Some(k) => target::subscription_token(k, owner, room),
                     None => api
                         .subscription_token(&owner.token, room.id)
                         .await
@@ -183,18 +252,30 @@ async fn setup(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<Fixture>
         rooms: created,
         access,
         sub_tokens,
+        join_leave: false,
     })
 }
 
-/// Connection specs: connection `i` is in room `i % rooms` (none if there are
-/// no rooms) and uses source address `i % sources`.
-fn specs(fx: &Fixture, n: usize, sources: &[std::net::IpAddr]) -> Vec<ConnSpec> {
+/// Connection specs: connection `i` is in room `r = i % rooms` (none if there
+/// are no rooms) and uses source address `i % sources`. With several servers,
+/// a room's connections alternate between them, starting at server
+/// `r % servers`, so every room spans the servers and publishers (each room's
+/// first connections) are spread too.
+fn specs(fx: &Fixture, n: usize, sources: &[std::net::IpAddr], servers: usize) -> Vec<ConnSpec> {
     let fallback: Arc<str> = Arc::from(fx.users[0].token.as_str());
+    let servers = servers.max(1);
+    let join_leave = fx.join_leave;
     (0..n)
         .map(|i| {
             let room = (!fx.rooms.is_empty()).then(|| i % fx.rooms.len());
+            let server = match room {
+                Some(r) => (i / fx.rooms.len() + r) % servers,
+                None => i % servers,
+            };
             ConnSpec {
                 index: i,
+                server,
+                join_leave,
                 token: room
                     .map(|r| fx.access[r].clone())
                     .unwrap_or_else(|| fallback.clone()),
@@ -284,7 +365,7 @@ pub async fn traffic(
 
     let sources = sys::source_addrs(
         connections,
-        ctx.target.addr.ip(),
+        ctx.server_ip(),
         &ctx.common.source_addrs,
         ctx.common.source_ips,
     )?;
@@ -292,9 +373,11 @@ pub async fn traffic(
     let stop = ctx.interrupt.child_token();
     let tracker = TaskTracker::new();
     let pb = ctx.progress(connections as u64, "connecting");
+    let rss_before = ctx.server.rss_kib();
+    let cpu_before_ramp = ctx.server.cpu_secs();
     let ramp = client::ramp(
-        &ctx.target,
-        specs(&fx, connections, &sources),
+        &ctx.targets,
+        specs(&fx, connections, &sources, ctx.targets.len()),
         &shared,
         &ramp_opts(&ctx.common),
         &pb,
@@ -306,6 +389,11 @@ pub async fn traffic(
     .await;
     pb.finish_and_clear();
     ctx.report.connections = conn_stats(connections, &ramp, &sources);
+    let cpu_after_ramp = ctx.server.cpu_secs();
+    record_ramp_cpu(&mut ctx.report.connections, cpu_before_ramp, cpu_after_ramp);
+    if let (Some(before), Some(after)) = (rss_before, ctx.server.rss_kib()) {
+        ctx.report.memory = Some(memory_growth(&ctx.server, before, after, ramp.conns.len()));
+    }
 
     // Subscribers per room, and the first `publishers` connections of each room publish.
     let mut per_room: Vec<Vec<Arc<client::Conn>>> = vec![Vec::new(); rooms];
@@ -327,6 +415,7 @@ pub async fn traffic(
         ..Default::default()
     };
     let seq = Arc::new(AtomicU64::new(0));
+    let cpu_publish_start = ctx.server.cpu_secs();
     let publish_start = Instant::now();
     let publish_start_ns = client::unix_nanos();
     if !pubs.is_empty() && !ctx.interrupt.is_cancelled() {
@@ -421,8 +510,14 @@ pub async fn traffic(
     traffic.foreign_publications = c.foreign.load(Ordering::Relaxed);
     traffic.parse_errors = c.parse_errors.load(Ordering::Relaxed);
     traffic.clamped_samples = shared.deliver.clamped() + shared.ack.clamped();
+    if let (Some(a), Some(b)) = (cpu_publish_start, ctx.server.cpu_secs()) {
+        traffic.server_cpu_secs = Some(b - a);
+        if traffic.deliveries > 0 {
+            traffic.server_cpu_us_per_delivery = Some((b - a) * 1e6 / traffic.deliveries as f64);
+        }
+    }
     finish_conn_stats(&mut ctx.report.connections, &ramp, &shared);
-    ctx.record_gateway_metrics().await;
+    ctx.record_server_metrics().await;
     shutdown(&stop, &tracker).await;
 
     let deliver = shared.deliver.merged();
@@ -438,10 +533,45 @@ pub async fn traffic(
         .insert("publish -> ack".into(), stats::cdf(&ack, CDF_POINTS));
     ctx.report.traffic = Some(traffic);
     ctx.report.notes.push(format!(
-        "latency excludes publications sent in the first {:.1} s (warm-up); the bench shares the machine with the stack",
+        "latency excludes publications sent in the first {:.1} s (warm-up); the bench shares the machine with the server",
         t.warmup.as_secs_f64()
     ));
+    if ctx.report.memory.is_some() {
+        ctx.report.notes.push(
+            "RSS growth per connection here is (server VmRSS after the ramp - before) / established, without a settle pause"
+                .into(),
+        );
+    }
     Ok(ctx.report)
+}
+
+/// Server CPU over the ramp, in total and per established connection.
+fn record_ramp_cpu(cs: &mut ConnStats, before: Option<f64>, after: Option<f64>) {
+    if let (Some(a), Some(b)) = (before, after) {
+        cs.server_cpu_secs = Some(b - a);
+        if cs.established > 0 {
+            cs.server_cpu_us_per_connection = Some((b - a) * 1e6 / cs.established as f64);
+        }
+    }
+}
+
+/// Memory figures from RSS before and after `established` connections opened.
+fn memory_growth(
+    server: &Server,
+    before_kib: u64,
+    after_kib: u64,
+    established: usize,
+) -> MemoryStats {
+    MemoryStats {
+        server_pids: server.pids.clone(),
+        server_nofile: server.nofile(),
+        rss_before_kib: before_kib,
+        rss_after_kib: after_kib,
+        samples: vec![(0, before_kib), (established, after_kib)],
+        per_connection_bytes: (established > 0)
+            .then(|| (after_kib as f64 - before_kib as f64) * 1024.0 / established as f64),
+        bench_rss_kib: sys::rss_kib(std::process::id()),
+    }
 }
 
 fn expected(shared: &Shared, subs_in_room: &[u64]) -> u64 {
@@ -462,31 +592,41 @@ pub async fn connections(
     hold: Duration,
 ) -> anyhow::Result<Report> {
     sys::check_fd_budget(n)?;
-    let pid = sys::gateway_pid(ctx.common.gateway_pid, None)?;
+    if ctx.server.pids.is_empty() {
+        anyhow::bail!(
+            "the connections scenario needs the server's pid: {}",
+            ctx.pid_error.as_deref().unwrap_or("pass --server-pid")
+        );
+    }
+    let server = ctx.server.clone();
     let mut mem = MemoryStats {
-        gateway_pid: pid,
-        gateway_nofile: sys::process_nofile(pid),
-        rss_before_kib: sys::rss_kib(pid).with_context(|| format!("no VmRSS for pid {pid}"))?,
+        server_pids: server.pids.clone(),
+        server_nofile: server.nofile(),
+        rss_before_kib: server
+            .rss_kib()
+            .with_context(|| format!("no VmRSS for pid(s) {:?}", server.pids))?,
         ..Default::default()
     };
-    if let Some(lim) = mem.gateway_nofile {
-        if lim < n as u64 + 100 {
+    if let Some(lim) = mem.server_nofile {
+        let per = n.div_ceil(server.pids.len()) as u64;
+        if lim < per + 100 {
             ctx.report.notes.push(format!(
-                "the gateway's fd limit is {lim}: it cannot hold {n} connections"
+                "the server's fd limit is {lim}: it cannot hold {per} connections per process"
             ));
         }
     }
     let setup_start = Instant::now();
     let fx = setup(&ctx, rooms, default_users(rooms, ctx.common.users)).await?;
     ctx.report.setup_secs = setup_start.elapsed().as_secs_f64();
-    // Setup itself may have grown the gateway (it did not: REST only), but
+    // Setup itself may have grown the server (it did not: REST only), but
     // sample again right before the ramp.
-    mem.rss_before_kib = sys::rss_kib(pid).unwrap_or(mem.rss_before_kib);
+    mem.rss_before_kib = server.rss_kib().unwrap_or(mem.rss_before_kib);
     mem.samples.push((0, mem.rss_before_kib));
+    let cpu_before_ramp = server.cpu_secs();
 
     let sources = sys::source_addrs(
         n,
-        ctx.target.addr.ip(),
+        ctx.server_ip(),
         &ctx.common.source_addrs,
         ctx.common.source_ips,
     )?;
@@ -498,8 +638,8 @@ pub async fn connections(
     let mut samples = Vec::new();
     let mut ok_before = 0usize;
     let ramp = client::ramp(
-        &ctx.target,
-        specs(&fx, n, &sources),
+        &ctx.targets,
+        specs(&fx, n, &sources, ctx.targets.len()),
         &shared,
         &ramp_opts(&ctx.common),
         &pb,
@@ -509,7 +649,7 @@ pub async fn connections(
         |done| {
             if done % step == 0 {
                 ok_before = done;
-                if let Some(kib) = sys::rss_kib(pid) {
+                if let Some(kib) = server.rss_kib() {
                     samples.push((done, kib));
                 }
             }
@@ -521,9 +661,14 @@ pub async fn connections(
     // Samples were taken by attempts; attempts and successes only differ on failures.
     mem.samples.extend(samples);
     ctx.report.connections = conn_stats(n, &ramp, &sources);
+    record_ramp_cpu(
+        &mut ctx.report.connections,
+        cpu_before_ramp,
+        server.cpu_secs(),
+    );
 
     ctx.sleep(settle).await;
-    mem.rss_after_kib = sys::rss_kib(pid).unwrap_or(0);
+    mem.rss_after_kib = server.rss_kib().unwrap_or(0);
     let established = ramp.conns.len();
     mem.samples.push((established, mem.rss_after_kib));
     if established > 0 && mem.rss_after_kib > 0 {
@@ -546,11 +691,11 @@ pub async fn connections(
         pb.finish_and_clear();
     }
     finish_conn_stats(&mut ctx.report.connections, &ramp, &shared);
-    ctx.record_gateway_metrics().await;
+    ctx.record_server_metrics().await;
     shutdown(&stop, &tracker).await;
     ctx.report.memory = Some(mem);
     ctx.report.notes.push(
-        "per-connection memory is (gateway VmRSS after ramp + settle - before) / established connections".into(),
+        "per-connection memory is (server VmRSS after ramp + settle - before) / established connections".into(),
     );
     Ok(ctx.report)
 }
@@ -570,9 +715,9 @@ pub async fn persist(
     let shared = Arc::new(Shared::new(ctx.run.clone(), 1, true));
     let stop = ctx.interrupt.child_token();
     let tracker = TaskTracker::new();
-    let spec = specs(&fx, 1, &[]).remove(0);
+    let spec = specs(&fx, 1, &[], 1).remove(0);
     let conn = client::establish(
-        &ctx.target,
+        &ctx.targets[0],
         spec,
         shared.clone(),
         stop.clone(),
@@ -616,7 +761,27 @@ pub async fn persist(
     let token = fx.users[0].token.clone();
     let pb = ctx.progress((duration + drain).as_secs().max(1), "persist");
     let hard_end = deadline + drain;
+    // Centrifugo keeps no REST history: only the WebSocket half runs.
+    let poll_rest = ctx.kind == Target::Confab;
     loop {
+        if poll_rest {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        let acked = shared.counters.acks.load(Ordering::Relaxed);
+        let done = now >= deadline
+            && publisher.is_finished()
+            && shared.counters.deliveries.load(Ordering::Relaxed) >= acked;
+        if done || now >= hard_end || ctx.interrupt.is_cancelled() {
+            break;
+        }
+        pb.set_position(publish_start.elapsed().as_secs());
+        ctx.sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        if !poll_rest {
+            break;
+        }
         let now = tokio::time::Instant::now();
         if now >= hard_end || ctx.interrupt.is_cancelled() {
             break;
@@ -700,7 +865,7 @@ pub async fn persist(
         },
         &shared,
     );
-    ctx.record_gateway_metrics().await;
+    ctx.record_server_metrics().await;
     shutdown(&stop, &tracker).await;
 
     let lag = lag.merged();
@@ -715,11 +880,20 @@ pub async fn persist(
         "publish -> deliver".into(),
         stats::cdf(&deliver, CDF_POINTS),
     );
-    ctx.report.persist = Some(ps);
-    ctx.report.notes.push(format!(
-        "persist lag is measured by polling REST every {} ms, so it overstates by up to that (plus one request)",
-        poll.as_millis()
-    ));
+    if poll_rest {
+        ctx.report.persist = Some(ps);
+        ctx.report.notes.push(format!(
+            "persist lag is measured by polling REST every {} ms, so it overstates by up to that (plus one request)",
+            poll.as_millis()
+        ));
+    } else {
+        ctx.report.cdf.remove("publish -> REST");
+        ctx.report.persist_lag = None;
+        ctx.report.notes.push(format!(
+            "persist lag skipped: {} has no REST history; only publish -> ack and publish -> deliver were measured",
+            ctx.kind.title()
+        ));
+    }
     Ok(ctx.report)
 }
 
@@ -745,6 +919,7 @@ mod tests {
             })
             .collect();
         Fixture {
+            join_leave: false,
             access: (0..rooms.len())
                 .map(|r| Arc::from(users[r % 2].token.as_str()))
                 .collect(),
@@ -761,7 +936,7 @@ mod tests {
         let fx = fixture(3);
         let sources: Vec<std::net::IpAddr> =
             vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
-        let s = specs(&fx, 7, &sources);
+        let s = specs(&fx, 7, &sources, 1);
         assert_eq!(s.len(), 7);
         assert_eq!(s[4].room, Some(1));
         assert_eq!(&*s[4].subs[0].0, fx.rooms[1].channel.as_str());
@@ -777,11 +952,69 @@ mod tests {
     #[test]
     fn roomless_connections_do_not_subscribe() {
         let fx = fixture(0);
-        let s = specs(&fx, 2, &[]);
+        let s = specs(&fx, 2, &[], 1);
         assert!(s
             .iter()
             .all(|c| c.room.is_none() && c.subs.is_empty() && c.source.is_none()));
         assert_eq!(&*s[0].token, "access0");
+        assert!(s.iter().all(|c| c.server == 0));
+        let s = specs(&fx, 4, &[], 2);
+        assert_eq!(s.iter().map(|c| c.server).collect::<Vec<_>>(), [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn rooms_span_servers_and_publishers_spread() {
+        let mut fx = fixture(2);
+        fx.join_leave = true;
+        let s = specs(&fx, 8, &[], 2);
+        for r in 0..2 {
+            let servers: Vec<usize> = s
+                .iter()
+                .filter(|c| c.room == Some(r))
+                .map(|c| c.server)
+                .collect();
+            // Alternating, starting at server r: the publisher (first) differs per room.
+            assert_eq!(servers[0], r);
+            assert_eq!(servers.iter().filter(|&&x| x == 0).count(), 2);
+            assert_eq!(servers.iter().filter(|&&x| x == 1).count(), 2);
+        }
+        assert!(s.iter().all(|c| c.join_leave));
+    }
+
+    #[test]
+    fn local_setup_mints_tokens_for_room_owners() {
+        let keys = target::bench_keys("s3cret-s3cret");
+        let fx = local_setup("abcd1234", 3, 2, &keys);
+        assert_eq!((fx.users.len(), fx.rooms.len()), (2, 3));
+        assert_eq!(fx.users[1].username, "bench_abcd1234_1");
+        for r in 0..3 {
+            let owner = &fx.users[r % 2];
+            assert_eq!(&*fx.access[r], owner.token.as_str());
+            let c = keys.verify_subscription(&fx.sub_tokens[r]).unwrap();
+            assert_eq!(
+                (c.sub, c.channel.as_str()),
+                (owner.id, fx.rooms[r].channel.as_str())
+            );
+        }
+        // Zero users asked still gives one.
+        assert_eq!(local_setup("r", 1, 0, &keys).users.len(), 1);
+    }
+
+    #[test]
+    fn memory_growth_per_connection() {
+        let m = memory_growth(&Server { pids: vec![1] }, 1000, 3000, 100);
+        assert_eq!(m.per_connection_bytes, Some(2000.0 * 1024.0 / 100.0));
+        assert_eq!(m.samples, [(0, 1000), (100, 3000)]);
+        assert_eq!(
+            memory_growth(&Server::default(), 1, 2, 0).per_connection_bytes,
+            None
+        );
+        let mut cs = ConnStats {
+            established: 4,
+            ..Default::default()
+        };
+        record_ramp_cpu(&mut cs, Some(1.0), Some(1.5));
+        assert_eq!(cs.server_cpu_us_per_connection, Some(125_000.0));
     }
 
     #[test]

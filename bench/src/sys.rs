@@ -101,37 +101,81 @@ pub fn process_nofile(pid: u32) -> Option<u64> {
 /// Where `ops/dev` leaves the gateway's pid, relative to the repository root.
 pub const GATEWAY_PID_FILE: &str = ".dev/pids/gateway.pid";
 
-/// The gateway pid: given, or read from `.dev/pids/gateway.pid` in the current
-/// directory or in this repository's checkout.
-pub fn gateway_pid(given: Option<u32>, file: Option<&Path>) -> anyhow::Result<u32> {
-    if let Some(pid) = given {
-        return Ok(pid);
+/// Where `bench/peers/centrifugo up` leaves the single node's pid.
+pub const CENTRIFUGO_PID_FILE: &str = ".dev/peers/pids/centrifugo.pid";
+
+/// Reads one pid file.
+pub fn read_pid_file(path: &Path) -> anyhow::Result<u32> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    s.trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid", path.display()))
+}
+
+/// Server pids: the given ones, else those in the given pid files, else the
+/// one in `default_file` (a path relative to the repository root), looked up
+/// in the current directory and in this repository's checkout.
+pub fn server_pids(
+    given: &[u32],
+    files: &[PathBuf],
+    default_file: &str,
+) -> anyhow::Result<Vec<u32>> {
+    if !given.is_empty() {
+        return Ok(given.to_vec());
     }
-    let candidates: Vec<PathBuf> = match file {
-        Some(f) => vec![f.to_owned()],
-        None => vec![
-            PathBuf::from(GATEWAY_PID_FILE),
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(GATEWAY_PID_FILE),
-        ],
-    };
+    if !files.is_empty() {
+        return files.iter().map(|f| read_pid_file(f)).collect();
+    }
+    let candidates = [
+        PathBuf::from(default_file),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(default_file),
+    ];
     for c in &candidates {
-        if let Ok(s) = std::fs::read_to_string(c) {
-            return s
-                .trim()
-                .parse()
-                .with_context(|| format!("{}: not a pid", c.display()));
+        if c.exists() {
+            return Ok(vec![read_pid_file(c)?]);
         }
     }
     anyhow::bail!(
-        "no gateway pid: pass --gateway-pid or run the stack with ops/dev (looked in {})",
+        "no server pid: pass --server-pid or start the server with its script (looked in {})",
         candidates
             .iter()
             .map(|c| c.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The server processes of a run, read from /proc. Several pids (several
+/// gateways or nodes) are summed.
+#[derive(Debug, Clone, Default)]
+pub struct Server {
+    pub pids: Vec<u32>,
+}
+
+impl Server {
+    /// User plus system CPU seconds, summed; `None` if any pid is unreadable
+    /// or there is none.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|p| cpu_secs(*p)).sum()
+    }
+
+    /// VmRSS in KiB, summed; `None` if any pid is unreadable or there is none.
+    pub fn rss_kib(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|p| rss_kib(*p)).sum()
+    }
+
+    /// The lowest soft fd limit among the processes.
+    pub fn nofile(&self) -> Option<u64> {
+        self.pids.iter().filter_map(|p| process_nofile(*p)).min()
+    }
 }
 
 /// The source addresses for `conns` connections to `target`: none (let the
@@ -164,26 +208,36 @@ pub fn source_addrs(
         .collect())
 }
 
-/// The gateway's Prometheus counters and histogram sums/counts that matter to
-/// a run, from a `/metrics` text: every `confab_gateway_*_total`, `*_sum` and
-/// `*_count` sample without labels.
-pub fn parse_gateway_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+/// The server's Prometheus counters and histogram sums/counts that matter to
+/// a run, from a `/metrics` text: every `<prefix>*_total`, `*_sum` and
+/// `*_count` sample (`confab_gateway_` for Confab, `centrifugo_` for
+/// Centrifugo), keyed by name and labels as written.
+pub fn parse_server_metrics(text: &str, prefix: &str) -> std::collections::BTreeMap<String, f64> {
     text.lines()
-        .filter(|l| l.starts_with("confab_gateway_"))
+        .filter(|l| l.starts_with(prefix))
         .filter_map(|l| {
-            let (name, value) = l.split_once(' ')?;
-            if name.contains('{') {
-                return None;
-            }
+            // Label values may hold spaces: the key ends at the closing brace.
+            let end = match l.find('{') {
+                Some(_) => l.rfind('}')? + 1,
+                None => l.find(' ')?,
+            };
+            let (key, rest) = l.split_at(end);
+            let (name, _) = split_labels(key);
             let keep =
                 name.ends_with("_total") || name.ends_with("_sum") || name.ends_with("_count");
-            keep.then(|| Some((name.to_owned(), value.trim().parse().ok()?)))?
+            let value = rest.split_whitespace().next()?.parse().ok()?;
+            keep.then(|| (key.to_owned(), value))
         })
         .collect()
 }
 
+/// `name{labels}` into `name` and `{labels}` (empty without labels).
+pub fn split_labels(key: &str) -> (&str, &str) {
+    key.find('{').map_or((key, ""), |i| key.split_at(i))
+}
+
 /// `after - before` for every metric in both, dropping zeros; histogram
-/// `_sum`/`_count` pairs also give a `_mean` (seconds).
+/// `_sum`/`_count` pairs (with the same labels) also give a `_mean` (seconds).
 pub fn metric_deltas(
     before: &std::collections::BTreeMap<String, f64>,
     after: &std::collections::BTreeMap<String, f64>,
@@ -198,9 +252,10 @@ pub fn metric_deltas(
     let means: Vec<(String, f64)> = out
         .iter()
         .filter_map(|(k, sum)| {
-            let base = k.strip_suffix("_sum")?;
-            let count = out.get(&format!("{base}_count"))?;
-            (*count > 0.0).then(|| (format!("{base}_mean"), sum / count))
+            let (name, labels) = split_labels(k);
+            let base = name.strip_suffix("_sum")?;
+            let count = out.get(&format!("{base}_count{labels}"))?;
+            (*count > 0.0).then(|| (format!("{base}_mean{labels}"), sum / count))
         })
         .collect();
     out.extend(means);
@@ -230,21 +285,44 @@ mod tests {
 
     #[test]
     fn gateway_metric_deltas() {
-        let before = parse_gateway_metrics(
+        let before = parse_server_metrics(
             "# HELP x\nconfab_gateway_messages_delivered_total 10\nconfab_gateway_connections 5\n\
              confab_gateway_kafka_produce_seconds_sum 1.5\nconfab_gateway_kafka_produce_seconds_count 3\n\
              confab_gateway_kafka_produce_seconds_bucket{le=\"0.1\"} 3\nother_total 9\n",
+            "confab_gateway_",
         );
         assert_eq!(before.len(), 3, "{before:?}");
-        let after = parse_gateway_metrics(
+        let after = parse_server_metrics(
             "confab_gateway_messages_delivered_total 110\nconfab_gateway_kafka_produce_seconds_sum 3.5\n\
              confab_gateway_kafka_produce_seconds_count 7\nconfab_gateway_send_queue_drops_total 0\n",
+            "confab_gateway_",
         );
         let d = metric_deltas(&before, &after);
         assert_eq!(d["confab_gateway_messages_delivered_total"], 100.0);
         assert_eq!(d["confab_gateway_kafka_produce_seconds_count"], 4.0);
         assert_eq!(d["confab_gateway_kafka_produce_seconds_mean"], 0.5);
         assert!(!d.contains_key("confab_gateway_send_queue_drops_total"));
+    }
+
+    #[test]
+    fn labelled_metrics_are_kept_by_name_and_labels() {
+        let text = "# TYPE centrifugo_node_messages_sent_count counter\n\
+             centrifugo_node_messages_sent_count{type=\"publication\"} 40\n\
+             centrifugo_client_command_duration_seconds_sum{method=\"publish\",x=\"a b\"} 0.5\n\
+             centrifugo_client_command_duration_seconds_count{method=\"publish\",x=\"a b\"} 10\n\
+             centrifugo_client_command_duration_seconds_bucket{le=\"0.1\"} 3\n\
+             centrifugo_node_num_clients 50\nconfab_gateway_x_total 1\n";
+        let m = parse_server_metrics(text, "centrifugo_");
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(
+            m["centrifugo_node_messages_sent_count{type=\"publication\"}"],
+            40.0
+        );
+        let d = metric_deltas(&Default::default(), &m);
+        assert_eq!(
+            d["centrifugo_client_command_duration_seconds_mean{method=\"publish\",x=\"a b\"}"],
+            0.05
+        );
     }
 
     #[test]
@@ -285,16 +363,41 @@ mod tests {
     }
 
     #[test]
-    fn gateway_pid_prefers_the_given_one() {
-        assert_eq!(gateway_pid(Some(7), None).unwrap(), 7);
+    fn server_pids_prefer_the_given_ones() {
+        assert_eq!(
+            server_pids(&[7, 8], &[], GATEWAY_PID_FILE).unwrap(),
+            vec![7, 8]
+        );
         let dir = std::env::temp_dir().join(format!("bench-pid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("gateway.pid");
-        std::fs::write(&f, "1234\n").unwrap();
-        assert_eq!(gateway_pid(None, Some(&f)).unwrap(), 1234);
-        std::fs::write(&f, "nope").unwrap();
-        assert!(gateway_pid(None, Some(&f)).is_err());
-        assert!(gateway_pid(None, Some(&dir.join("missing"))).is_err());
+        let (a, b) = (dir.join("a.pid"), dir.join("b.pid"));
+        std::fs::write(&a, "1234\n").unwrap();
+        std::fs::write(&b, "5678").unwrap();
+        assert_eq!(
+            server_pids(&[], &[a.clone(), b.clone()], GATEWAY_PID_FILE).unwrap(),
+            vec![1234, 5678]
+        );
+        std::fs::write(&b, "nope").unwrap();
+        assert!(server_pids(&[], &[a, b], GATEWAY_PID_FILE).is_err());
+        assert!(server_pids(&[], &[dir.join("missing")], GATEWAY_PID_FILE).is_err());
+        assert!(server_pids(&[], &[], "no/such/file.pid").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn server_figures_sum_over_pids() {
+        let me = std::process::id();
+        let one = Server { pids: vec![me] };
+        let two = Server { pids: vec![me, me] };
+        let (r1, r2) = (one.rss_kib().unwrap(), two.rss_kib().unwrap());
+        assert!(r2 >= r1 * 2 - 1024 && r2 <= r1 * 2 + 1024, "{r1} {r2}");
+        assert!(two.cpu_secs().unwrap() >= one.cpu_secs().unwrap());
+        assert!(Server::default().cpu_secs().is_none());
+        assert!(Server {
+            pids: vec![u32::MAX]
+        }
+        .rss_kib()
+        .is_none());
+        assert!(one.nofile().is_some());
     }
 }

@@ -140,6 +140,8 @@ async fn start() -> (WsTarget, Arc<Hub>) {
 fn spec(i: usize, room: usize, sub_token: &str) -> ConnSpec {
     ConnSpec {
         index: i,
+        server: 0,
+        join_leave: false,
         token: Arc::from("access"),
         room: Some(room),
         subs: vec![(Arc::from(format!("room:{room}")), Arc::from(sub_token))],
@@ -155,7 +157,7 @@ async fn connections_publish_and_fan_out() {
     let tracker = TaskTracker::new();
     let specs: Vec<ConnSpec> = (0..20).map(|i| spec(i, i % 2, "sub")).collect();
     let ramp = client::ramp(
-        &target,
+        std::slice::from_ref(&target),
         specs,
         &shared,
         &RampOpts {
@@ -250,7 +252,7 @@ async fn subscribe_errors_are_counted_not_fatal() {
     let tracker = TaskTracker::new();
     let specs = vec![spec(0, 0, "sub"), spec(1, 0, "wrong")];
     let ramp = client::ramp(
-        &target,
+        std::slice::from_ref(&target),
         specs,
         &shared,
         &RampOpts {
@@ -284,7 +286,7 @@ async fn refused_connections_are_reported() {
         .unwrap();
     let shared = Arc::new(Shared::new("run3".into(), 1, false));
     let ramp = client::ramp(
-        &target,
+        std::slice::from_ref(&target),
         vec![spec(0, 0, "sub")],
         &shared,
         &RampOpts {
