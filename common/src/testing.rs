@@ -54,5 +54,5 @@ pub async fn test_topic(partitions: i32) -> KafkaConfig {
     config
 }
 
-/// A JWT secret for tests.
-pub const TEST_JWT_SECRET: &str = "confab-test-secret-0123456789";
+/// A JWT secret for tests; services refuse it outside an injected `Env`.
+pub use crate::config::TEST_JWT_SECRET;
