@@ -80,10 +80,12 @@ pub struct Room {
     pub is_member: bool,
 }
 
-/// The answer to `GET /api/rooms`.
+/// The answer to `GET /api/rooms`: one page, in creation order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoomList {
     pub rooms: Vec<Room>,
+    /// The `after` of the next page; null on the last page.
+    pub next_after: Option<Uuid>,
 }
 
 /// The optional body of `POST /api/rooms/{id}/join`.
