@@ -32,28 +32,19 @@ pub const MAX_LIMIT: i64 = 200;
 /// Reads `limit` from the query string: [`DEFAULT_LIMIT`] when absent,
 /// capped at [`MAX_LIMIT`], 400 unless a positive integer.
 pub(crate) fn parse_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
-    Ok(
-        match query
-            .get("limit")
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-        {
-            None => DEFAULT_LIMIT,
-            Some(raw) => {
-                match raw.parse::<i64>() {
-                    Ok(n) if n > 0 => n.min(MAX_LIMIT),
-                    // Too many digits for an i64 is still a positive number: cap it.
-                    Err(_) if raw.bytes().all(|b| b.is_ascii_digit()) => MAX_LIMIT,
-                    _ => return Err(ApiError::bad_request(
-                        "invalid_limit",
-                        format!(
-                            "limit must be a positive integer (at most {MAX_LIMIT} are returned)"
-                        ),
-                    )),
-                }
-            }
-        },
-    )
+    let raw = match query.get("limit").map(|s| s.trim()) {
+        None | Some("") => return Ok(DEFAULT_LIMIT),
+        Some(raw) => raw,
+    };
+    match raw.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n.min(MAX_LIMIT)),
+        // Too many digits for an i64 is still a positive number: cap it.
+        Err(_) if raw.bytes().all(|b| b.is_ascii_digit()) => Ok(MAX_LIMIT),
+        _ => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be a positive integer (at most {MAX_LIMIT} are returned)"),
+        )),
+    }
 }
 
 /// Reads `limit` and `before` from the query string.

@@ -418,6 +418,43 @@ async fn a_query_over_the_statement_timeout_gets_503_not_a_hang() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A request that cannot get a pooled connection gets 503 after the
+/// configured checkout timeout, not after a fixed 5 s.
+#[tokio::test]
+async fn a_request_without_a_free_connection_gets_503_after_the_checkout_timeout() {
+    let h = Harness::with(&[
+        ("CONFAB_API_DB_POOL_SIZE", "1"),
+        ("CONFAB_API_STATEMENT_TIMEOUT_MS", "3000"),
+        ("CONFAB_API_DB_ACQUIRE_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let (_, token) = h.user("alice").await;
+    let mut blocker = h.sql().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The pool's only connection waits behind the lock ...
+    let stuck = {
+        let app = h.app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { call(&app, Method::GET, "/api/me", Some(&token), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... so another request has no connection to get.
+    let started = Instant::now();
+    let (status, body) = h.get("/api/rooms", &token).await;
+    let waited = started.elapsed();
+    tx.rollback().await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited {waited:?} for a connection"
+    );
+    let (status, _) = stuck.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
 // ---------------------------------------------------------------- broker outage
 
 /// With a broker that never answers, membership changes wait (and fail with
@@ -717,6 +754,37 @@ async fn the_room_list_limit_defaults_caps_and_rejects() {
         let (status, body) = h.get(&format!("/api/rooms?{bad}"), &a).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// PostgreSQL text cannot hold NUL: names with one must be client errors,
+/// not 500 (found while fuzzing with schemathesis).
+#[tokio::test]
+async fn nul_bytes_in_names_are_client_errors() {
+    let h = Harness::new().await;
+    let (_, a) = h.user("alice").await;
+    let (status, body) = h
+        .post(
+            "/api/rooms",
+            &a,
+            json!({"name": "a\u{0}b", "visibility": "public"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(code(&body), "invalid_name");
+    let id = h
+        .room(&a, json!({"name": "r", "visibility": "public"}))
+        .await;
+    let (status, body) = h
+        .post(
+            &format!("/api/rooms/{id}/invites"),
+            &a,
+            json!({"username": "b\u{0}b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(code(&body), "user_not_found");
 }
 
 // ---------------------------------------------------------------- secrets
