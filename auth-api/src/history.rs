@@ -86,7 +86,7 @@ fn kind(raw: &str) -> Result<MessageKind, ApiError> {
     security(("bearer" = [])),
     params(
         ("id" = uuid::Uuid, Path, description = "Room id"),
-        ("limit" = Option<i64>, Query, description = "Page size, default 50, capped at 200; must be positive"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Page size, default 50, capped at 200; must be positive"),
         ("before" = Option<i64>, Query, description = "Only entries with a smaller offset (exclusive); the previous page's `next_before`"),
     ),
     responses(

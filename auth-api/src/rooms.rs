@@ -330,7 +330,7 @@ fn room_page_params(query: &HashMap<String, String>) -> Result<(i64, Uuid), ApiE
     get, path = "/api/rooms", tag = "rooms",
     security(("bearer" = [])),
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, default 50, capped at 200; must be positive"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Page size, default 50, capped at 200; must be positive"),
         ("after" = Option<Uuid>, Query, description = "Only rooms created after this one (exclusive): the previous page's `next_after`"),
     ),
     responses(
