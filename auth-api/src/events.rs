@@ -24,7 +24,9 @@
 //!
 //! Steps 4 and 5 run in their own task, so a caller that goes away (client
 //! disconnect, request timeout) cannot stop the change between the
-//! acknowledgement and the write.
+//! acknowledgement and the write. Such a caller may have been answered 503
+//! `timeout` for a change that was then made; repeating a join or a leave is
+//! safe (a no-op join, a 409 leave).
 //!
 //! # Guarantees, and how each is kept
 //!
