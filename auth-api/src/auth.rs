@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser, ClientIp};
 use crate::model::{AuthResponse, Credentials, User};
-use crate::{password, AppState};
+use crate::AppState;
 
 /// Whether `name` is a valid username: 3–32 characters of `[A-Za-z0-9_.-]`.
 pub fn valid_username(name: &str) -> bool {
@@ -51,6 +51,10 @@ fn issue(state: &AppState, user: User) -> Result<AuthResponse, ApiError> {
     })
 }
 
+fn username_taken() -> ApiError {
+    ApiError::conflict("username_taken", "that username is already taken")
+}
+
 /// Creates an account and logs it in.
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
@@ -61,10 +65,13 @@ fn issue(state: &AppState, user: User) -> Result<AuthResponse, ApiError> {
         (status = 409, description = "Username taken (`username_taken`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Invalid username or password", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address (`rate_limited`)", body = ErrorBody),
+        (status = 503, description = "Password hashing is at capacity (`overloaded`) or the database is unavailable", body = ErrorBody),
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<AuthResponse>), ApiError> {
     if !valid_username(&body.username) {
@@ -74,7 +81,23 @@ pub async fn register(
         ));
     }
     check_password(&body.password)?;
-    let hash = password::hash(body.password).await?;
+    // Cheap checks first: the address's quota, then whether the name is
+    // taken. Only then the costly hash. (The insert still catches a name
+    // taken in the meantime.)
+    state.check_address_rate("register", ip)?;
+    let taken = state
+        .db()
+        .await?
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($1))",
+            &[&body.username],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if taken {
+        return Err(username_taken());
+    }
+    let hash = state.hasher().hash(body.password).await?;
     let id = Uuid::now_v7();
     let conn = state.db().await?;
     let inserted = conn
@@ -86,10 +109,7 @@ pub async fn register(
     match inserted {
         Ok(_) => {}
         Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            return Err(ApiError::conflict(
-                "username_taken",
-                "that username is already taken",
-            ));
+            return Err(username_taken());
         }
         Err(err) => return Err(err.into()),
     }
@@ -108,8 +128,10 @@ pub async fn register(
         (status = 200, description = "Logged in", body = AuthResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Bad credentials (`invalid_credentials`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Missing fields", body = ErrorBody),
-        (status = 429, description = "Too many attempts for this user or address (`rate_limited`)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts for this user from this address, or from this address (`rate_limited`)", body = ErrorBody),
+        (status = 503, description = "Password hashing is at capacity (`overloaded`) or the database is unavailable", body = ErrorBody),
     )
 )]
 pub async fn login(
@@ -143,7 +165,7 @@ pub async fn login(
         None => (None, None),
     };
     // Unknown users are verified against a dummy hash: same time, no hint.
-    let ok = password::verify(body.password, phc).await?;
+    let ok = state.hasher().verify(body.password, phc).await?;
     match user {
         Some(user) if ok => {
             state.refund(ticket);

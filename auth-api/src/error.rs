@@ -36,9 +36,19 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
-    /// The broker did not acknowledge a record in time (503).
+    /// Too many attempts from this client (429, `rate_limited`).
+    #[error("rate limited, retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The broker did not acknowledge a record in time, or is known to be
+    /// down (503).
     #[error("broker: {0}")]
     Broker(String),
+    /// Password hashing is at its bound (503, `overloaded`).
+    #[error("password hashing is at capacity")]
+    Overloaded,
+    /// The request took longer than the request timeout (503, `timeout`).
+    #[error("request timed out")]
+    Timeout,
     /// The database could not be reached (503).
     #[error("database unavailable: {0}")]
     DbUnavailable(String),
@@ -93,12 +103,15 @@ impl ApiError {
         Self::forbidden("not_a_member", "only members of the room may do this")
     }
 
-    pub fn rate_limited() -> Self {
-        Self::client(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many attempts, try again later",
-        )
+    /// 429 with a `Retry-After` of `retry_after_secs` (at least 1).
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::RateLimited {
+            retry_after_secs: retry_after_secs.max(1),
+        }
+    }
+
+    pub fn overloaded() -> Self {
+        Self::Overloaded
     }
 
     pub fn internal(err: impl std::fmt::Display) -> Self {
@@ -106,10 +119,23 @@ impl ApiError {
     }
 
     /// The HTTP status of this error.
+    /// The `Retry-After` seconds this error suggests, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::Broker(_) => Some(5),
+            Self::DbUnavailable(_) | Self::Overloaded | Self::Timeout => Some(1),
+            Self::Client { .. } | Self::Internal(_) => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Client { status, .. } => *status,
-            Self::Broker(_) | Self::DbUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Broker(_) | Self::DbUnavailable(_) | Self::Overloaded | Self::Timeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,7 +152,10 @@ impl From<confab_common::db::DbError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
-        if err.is_closed() {
+        // A closed connection, or a statement cancelled by
+        // `statement_timeout`: the database is slow or gone, not the request
+        // wrong.
+        if err.is_closed() || err.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
             return Self::DbUnavailable(err.to_string());
         }
         Self::Internal(format!("postgres: {err}"))
@@ -136,8 +165,25 @@ impl From<tokio_postgres::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = self.retry_after();
         let (code, message, cause) = match self {
             Self::Client { code, message, .. } => (code, message, None),
+            Self::RateLimited { .. } => (
+                "rate_limited",
+                "too many attempts, try again later".to_owned(),
+                None,
+            ),
+            Self::Overloaded => (
+                "overloaded",
+                "the server is busy, try again later".to_owned(),
+                // Counted by `confab_api_hash_rejected_total`; a flood is not logged line by line.
+                None,
+            ),
+            Self::Timeout => (
+                "timeout",
+                "the request took too long, try again later".to_owned(),
+                Some("request timeout".to_owned()),
+            ),
             Self::Broker(cause) => (
                 "broker_unavailable",
                 "the message broker is unavailable, try again later".to_owned(),
@@ -157,6 +203,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if let Some(cause) = cause {
             response
                 .extensions_mut()

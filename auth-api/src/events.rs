@@ -5,19 +5,59 @@
 //! with the room's chat messages, persisted by the persister and fanned out by
 //! the gateway.
 //!
-//! # Order of the database write and the produce
+//! # How a membership change runs
 //!
-//! Each membership change runs as: open a transaction, write the membership
-//! row (which also locks it against a concurrent change of the same member),
-//! produce the record and wait for the broker's acknowledgement, then commit.
+//! No pooled database connection is held while the broker is waited for, so a
+//! slow or dead broker cannot starve login, history or any other route of
+//! connections ([`crate::membership::publish_then_apply`]):
 //!
-//! - If the broker does not acknowledge (down, timeout), the transaction rolls
-//!   back and the caller gets 503: no state change without its event.
-//! - If the commit fails after the acknowledgement, the event is already in
-//!   the stream, so a compensating record (the opposite event) is produced,
-//!   best effort, and the caller gets an error. Only a crash in exactly that
-//!   moment can leave an event without its state change, never the reverse.
-//! - The REST call answers only after the acknowledgement and the commit.
+//! 1. Cheap checks on a short-lived connection (the room exists, the rules
+//!    admit the caller, the caller is a user), released before anything else.
+//! 2. The member's lock: one async lock per (room, user) in this process.
+//! 3. Under the lock, the membership is read again; if a concurrent call
+//!    already made the change, this one answers as a no-op.
+//! 4. Unless the broker is known to be down (then 503 at once, see below),
+//!    the record is produced and its acknowledgement awaited, holding nothing
+//!    but the lock.
+//! 5. Only after the acknowledgement, one short transaction writes the
+//!    change (`INSERT ... ON CONFLICT DO NOTHING`, or `DELETE`).
+//!
+//! Steps 4 and 5 run in their own task, so a caller that goes away (client
+//! disconnect, request timeout) cannot stop the change between the
+//! acknowledgement and the write. Such a caller may have been answered 503
+//! `timeout` for a change that was then made; repeating a join or a leave is
+//! safe (a no-op join, a 409 leave).
+//!
+//! # Guarantees, and how each is kept
+//!
+//! - **A membership REST call succeeds only after its event is acknowledged.**
+//!   The write (step 5) happens only after the acknowledgement, and the answer
+//!   only after the write.
+//! - **No state change without its event.** The database is changed only in
+//!   step 5, after the acknowledgement. If the broker does not acknowledge
+//!   (down, timeout), nothing was written and the caller gets 503
+//!   `broker_unavailable`. If the write fails after the acknowledgement, the
+//!   opposite record is produced (best effort) so the stream matches the
+//!   database again, and the caller gets an error. Only a crash in exactly
+//!   that moment can leave an event without its state change, never the
+//!   reverse.
+//! - **Concurrent joins of the same user produce one event.** The member's
+//!   lock (step 2) lets one change of a (room, user) run at a time, and the
+//!   re-read under it (step 3) turns every later one into a no-op, so one
+//!   `member_joined` is produced. The same lock orders a join and a leave of
+//!   one member, so their events are in the order of their writes. The lock
+//!   is per process: with several auth-api instances two concurrent joins of
+//!   one user on different instances can each produce an event (the
+//!   database still holds one membership, by its primary key). Like the rate
+//!   limiter, this assumes one auth-api instance.
+//!
+//! # When the broker is down
+//!
+//! A failed produce marks the broker down for `CONFAB_API_BROKER_RETRY_MS`;
+//! meanwhile membership changes answer 503 at once instead of each waiting
+//! for `CONFAB_KAFKA_MESSAGE_TIMEOUT_MS`. Then one change is let through as a
+//! probe; its acknowledgement marks the broker up again. Routes that do not
+//! produce (login, history, lists) never wait for the broker.
 
 use std::time::Duration;
 

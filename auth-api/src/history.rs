@@ -29,26 +29,27 @@ pub const DEFAULT_LIMIT: i64 = 50;
 /// The largest page; bigger `limit`s are capped to it.
 pub const MAX_LIMIT: i64 = 200;
 
+/// Reads `limit` from the query string: [`DEFAULT_LIMIT`] when absent,
+/// capped at [`MAX_LIMIT`], 400 unless a positive integer.
+pub(crate) fn parse_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    let raw = match query.get("limit").map(|s| s.trim()) {
+        None | Some("") => return Ok(DEFAULT_LIMIT),
+        Some(raw) => raw,
+    };
+    match raw.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n.min(MAX_LIMIT)),
+        // Too many digits for an i64 is still a positive number: cap it.
+        Err(_) if raw.bytes().all(|b| b.is_ascii_digit()) => Ok(MAX_LIMIT),
+        _ => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be a positive integer (at most {MAX_LIMIT} are returned)"),
+        )),
+    }
+}
+
 /// Reads `limit` and `before` from the query string.
 fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
-    let limit = match query
-        .get("limit")
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
-        None => DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if n > 0 => n.min(MAX_LIMIT),
-            // Too many digits for an i64 is still a positive number: cap it.
-            Err(_) if raw.bytes().all(|b| b.is_ascii_digit()) => MAX_LIMIT,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be a positive integer (at most {MAX_LIMIT} are returned)"),
-                ))
-            }
-        },
-    };
+    let limit = parse_limit(query)?;
     let before = match query
         .get("before")
         .map(|s| s.trim())
@@ -85,7 +86,7 @@ fn kind(raw: &str) -> Result<MessageKind, ApiError> {
     security(("bearer" = [])),
     params(
         ("id" = uuid::Uuid, Path, description = "Room id"),
-        ("limit" = Option<i64>, Query, description = "Page size, default 50, capped at 200; must be positive"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Page size, default 50, capped at 200; must be positive"),
         ("before" = Option<i64>, Query, description = "Only entries with a smaller offset (exclusive); the previous page's `next_before`"),
     ),
     responses(

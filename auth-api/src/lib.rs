@@ -9,8 +9,15 @@
 //!
 //! Besides `/api/*` it serves `/healthz`, `/metrics`, `/api/openapi.json` and
 //! the static web client from `CONFAB_WEB_DIR`.
+//!
+//! Overload bounds: password hashing is bounded ([`password::Hasher`]);
+//! register and room creation are rate-limited per client address, failed
+//! logins per (user, address) and per address; a request must send its headers
+//! within `CONFAB_API_HEADER_TIMEOUT_MS` (which also closes idle keep-alive
+//! connections) and be answered within `CONFAB_API_REQUEST_TIMEOUT_MS`;
+//! every query has a `statement_timeout`; membership changes hold no pooled
+//! connection while they wait for the broker ([`membership`]).
 
-use std::future::IntoFuture;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +41,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod history;
+mod membership;
 pub mod model;
 pub mod openapi;
 pub mod password;
@@ -42,6 +50,8 @@ pub mod rooms;
 
 use crate::error::{ApiError, LoggedCause};
 use crate::events::Events;
+use crate::membership::{BrokerGate, MemberLocks};
+use crate::password::{HashLimits, Hasher};
 use crate::ratelimit::{Quota, RateLimiter};
 
 /// The largest request body accepted; bigger ones get 413.
@@ -65,6 +75,26 @@ pub struct Config {
     pub database_url: String,
     /// The most Postgres connections to hold (`CONFAB_API_DB_POOL_SIZE`, default 16).
     pub db_pool_size: u32,
+    /// How long a request waits for a pooled connection before it gets 503
+    /// (`CONFAB_API_DB_ACQUIRE_TIMEOUT_MS`, default 2000).
+    pub db_acquire_timeout: Duration,
+    /// `statement_timeout` of every pooled connection
+    /// (`CONFAB_API_STATEMENT_TIMEOUT_MS`, default 5000): a slow or hung query
+    /// fails with 503 instead of holding its request.
+    pub statement_timeout: Duration,
+    /// The time a client has to send a request's headers, and the longest an
+    /// idle keep-alive connection stays open (`CONFAB_API_HEADER_TIMEOUT_MS`,
+    /// default 10000). Cuts off slowloris clients.
+    pub header_timeout: Duration,
+    /// The longest a request may take, body upload included, before it is
+    /// answered 503 `timeout` (`CONFAB_API_REQUEST_TIMEOUT_MS`, default 30000).
+    pub request_timeout: Duration,
+    /// How long membership changes fail fast with 503 after the broker failed
+    /// to acknowledge one (`CONFAB_API_BROKER_RETRY_MS`, default 5000).
+    pub broker_retry: Duration,
+    /// Bounds on password hashing (`CONFAB_HASH_WORKERS`, `CONFAB_HASH_QUEUE`,
+    /// `CONFAB_HASH_WAIT_MS`).
+    pub hashing: HashLimits,
     /// The broker and room topic.
     pub kafka: KafkaConfig,
     /// Token keys and lifetimes.
@@ -75,13 +105,36 @@ pub struct Config {
     /// (`CONFAB_TRUST_PROXY`, default false). Only safe behind a proxy that
     /// sets it.
     pub trust_proxy: bool,
-    /// Failed login and join-by-password attempts per user and window
-    /// (`CONFAB_RATE_LIMIT_USER_BURST`, default 10; window
-    /// `CONFAB_RATE_LIMIT_WINDOW_SECS`, default 60).
+    /// Failed logins per (user, client address) and failed join-by-password
+    /// attempts per caller, per window (`CONFAB_RATE_LIMIT_USER_BURST`,
+    /// default 10; window `CONFAB_RATE_LIMIT_WINDOW_SECS`, default 60).
     pub rate_user: Quota,
     /// Failed attempts per client address and window
     /// (`CONFAB_RATE_LIMIT_IP_BURST`, default 100).
     pub rate_ip: Quota,
+    /// Registrations per client address and window, whatever their outcome
+    /// (`CONFAB_RATE_LIMIT_REGISTER_BURST`, default 20).
+    pub rate_register: Quota,
+    /// Rooms created per client address and window
+    /// (`CONFAB_RATE_LIMIT_ROOM_CREATE_BURST`, default 30).
+    pub rate_room_create: Quota,
+}
+
+/// A duration in milliseconds that must not be zero.
+fn positive_millis(
+    env: &Env,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = env.millis_or(key, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::Invalid {
+            key,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
 }
 
 impl Config {
@@ -98,6 +151,32 @@ impl Config {
             addr: confab_common::config::listen_addr(env, "CONFAB_API_ADDR", "127.0.0.1:8080")?,
             database_url: env.required("DATABASE_URL")?,
             db_pool_size: env.parse_or("CONFAB_API_DB_POOL_SIZE", 16)?,
+            db_acquire_timeout: positive_millis(
+                env,
+                "CONFAB_API_DB_ACQUIRE_TIMEOUT_MS",
+                Duration::from_secs(2),
+            )?,
+            statement_timeout: positive_millis(
+                env,
+                "CONFAB_API_STATEMENT_TIMEOUT_MS",
+                Duration::from_secs(5),
+            )?,
+            header_timeout: positive_millis(
+                env,
+                "CONFAB_API_HEADER_TIMEOUT_MS",
+                Duration::from_secs(10),
+            )?,
+            request_timeout: positive_millis(
+                env,
+                "CONFAB_API_REQUEST_TIMEOUT_MS",
+                Duration::from_secs(30),
+            )?,
+            broker_retry: env.millis_or("CONFAB_API_BROKER_RETRY_MS", Duration::from_secs(5))?,
+            hashing: HashLimits {
+                workers: env.parse_or("CONFAB_HASH_WORKERS", password::default_workers())?,
+                queue: env.parse_or("CONFAB_HASH_QUEUE", 32)?,
+                max_wait: positive_millis(env, "CONFAB_HASH_WAIT_MS", Duration::from_secs(5))?,
+            },
             kafka: KafkaConfig::from_env(env)?,
             jwt: JwtKeys::from_env(env)?,
             web_dir: PathBuf::from(env.string_or("CONFAB_WEB_DIR", "web/dist")),
@@ -108,6 +187,14 @@ impl Config {
             },
             rate_ip: Quota {
                 burst: env.parse_or("CONFAB_RATE_LIMIT_IP_BURST", 100)?,
+                window,
+            },
+            rate_register: Quota {
+                burst: env.parse_or("CONFAB_RATE_LIMIT_REGISTER_BURST", 20)?,
+                window,
+            },
+            rate_room_create: Quota {
+                burst: env.parse_or("CONFAB_RATE_LIMIT_ROOM_CREATE_BURST", 30)?,
                 window,
             },
         })
@@ -132,12 +219,24 @@ struct Shared {
     jwt: JwtKeys,
     /// Produces membership records and waits for the broker's acknowledgement.
     events: Events,
-    /// Buckets for login and join-by-password attempts.
+    /// Whether the broker is known to be down, so membership changes fail fast.
+    broker_gate: BrokerGate,
+    /// Serialises changes of one membership (room, user).
+    member_locks: MemberLocks,
+    /// Runs password hashing within its bounds.
+    hasher: Hasher,
+    /// Buckets for logins, joins by password, registrations and room creation.
     limiter: RateLimiter,
-    /// The per-user quota of failed attempts.
+    /// The per-(user, address) quota of failed logins; per caller for joins.
     rate_user: Quota,
     /// The per-address quota of failed attempts.
     rate_ip: Quota,
+    /// The per-address quota of registrations.
+    rate_register: Quota,
+    /// The per-address quota of room creations.
+    rate_room_create: Quota,
+    /// The longest a request may take.
+    request_timeout: Duration,
     /// Whether `X-Forwarded-For` names the client.
     trust_proxy: bool,
     /// The Prometheus registry rendered at `/metrics`.
@@ -162,13 +261,24 @@ impl AppState {
     pub fn new(config: &Config) -> Result<Self, StartError> {
         let metrics = confab_common::telemetry::metrics_handle();
         describe_metrics();
+        let pool = confab_common::db::PoolOptions {
+            max_size: config.db_pool_size,
+            acquire_timeout: config.db_acquire_timeout,
+            statement_timeout: Some(config.statement_timeout),
+        };
         Ok(Self(Arc::new(Shared {
-            db: confab_common::db::pool(&config.database_url, config.db_pool_size)?,
+            db: confab_common::db::pool_with(&config.database_url, &pool)?,
             jwt: config.jwt.clone(),
             events: Events::new(&config.kafka)?,
+            broker_gate: BrokerGate::new(config.broker_retry),
+            member_locks: MemberLocks::default(),
+            hasher: Hasher::new(config.hashing),
             limiter: RateLimiter::new(),
             rate_user: config.rate_user,
             rate_ip: config.rate_ip,
+            rate_register: config.rate_register,
+            rate_room_create: config.rate_room_create,
+            request_timeout: config.request_timeout,
             trust_proxy: config.trust_proxy,
             metrics,
             web_dir: config.web_dir.clone(),
@@ -192,6 +302,19 @@ impl AppState {
         &self.0.events
     }
 
+    /// Password hashing within its bounds.
+    pub fn hasher(&self) -> &Hasher {
+        &self.0.hasher
+    }
+
+    pub(crate) fn broker_gate(&self) -> &BrokerGate {
+        &self.0.broker_gate
+    }
+
+    pub(crate) fn member_locks(&self) -> &MemberLocks {
+        &self.0.member_locks
+    }
+
     pub(crate) fn trust_proxy(&self) -> bool {
         self.0.trust_proxy
     }
@@ -199,24 +322,55 @@ impl AppState {
     /// Takes one `scope` attempt (`login`, `join`) for `user` and `ip`, or
     /// fails with 429. Pass the ticket to [`AppState::refund`] when the
     /// attempt succeeds.
+    ///
+    /// The `user` bucket is the caller's own: for logins it is keyed by the
+    /// name *and the address*, so failures from one address never lock the
+    /// user out of another (an attacker cannot lock out a victim); the
+    /// address bucket caps guessing across names.
     pub(crate) fn check_rate(
         &self,
         scope: &'static str,
         user: &str,
         ip: Option<IpAddr>,
     ) -> Result<RateTicket, ApiError> {
+        let ip = ip_key(ip);
         let ticket = RateTicket {
-            user_key: format!("{scope}:user:{user}"),
-            ip_key: match ip {
-                Some(ip) => format!("{scope}:ip:{ip}"),
-                None => format!("{scope}:ip:unknown"),
+            user_key: match scope {
+                "login" => format!("{scope}:user-ip:{user}|{ip}"),
+                _ => format!("{scope}:user:{user}"),
             },
+            ip_key: format!("{scope}:ip:{ip}"),
         };
         if self.0.limiter.try_acquire(&self.rate_keys(&ticket)) {
             Ok(ticket)
         } else {
             metrics::counter!("confab_api_rate_limited_total", "scope" => scope).increment(1);
-            Err(ApiError::rate_limited())
+            let slowest = self
+                .0
+                .rate_user
+                .refill_secs()
+                .max(self.0.rate_ip.refill_secs());
+            Err(ApiError::rate_limited(slowest))
+        }
+    }
+
+    /// Takes one registration or room creation (`scope` `register` or
+    /// `room_create`) for `ip`, or fails with 429. Every attempt counts.
+    pub(crate) fn check_address_rate(
+        &self,
+        scope: &'static str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), ApiError> {
+        let quota = match scope {
+            "register" => self.0.rate_register,
+            _ => self.0.rate_room_create,
+        };
+        let key = format!("{scope}:ip:{}", ip_key(ip));
+        if self.0.limiter.try_acquire(&[(&key, quota)]) {
+            Ok(())
+        } else {
+            metrics::counter!("confab_api_rate_limited_total", "scope" => scope).increment(1);
+            Err(ApiError::rate_limited(quota.refill_secs()))
         }
     }
 
@@ -230,6 +384,13 @@ impl AppState {
             (&ticket.user_key, self.0.rate_user),
             (&ticket.ip_key, self.0.rate_ip),
         ]
+    }
+}
+
+fn ip_key(ip: Option<IpAddr>) -> String {
+    match ip {
+        Some(ip) => ip.to_string(),
+        None => "unknown".to_owned(),
     }
 }
 
@@ -261,8 +422,32 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "confab_api_rate_limited_total",
-        "Login and join-by-password attempts refused by the rate limiter, by scope"
+        "Logins, joins by password, registrations and room creations refused by the rate limiter, by scope"
     );
+    metrics::describe_counter!(
+        "confab_api_hash_rejected_total",
+        "Password hashes refused with 503 because the hashing queue was full or the wait too long, by kind"
+    );
+    metrics::describe_counter!(
+        "confab_api_broker_fail_fast_total",
+        "Membership changes refused at once because the broker is known to be down"
+    );
+    metrics::describe_counter!(
+        "confab_api_request_timeouts_total",
+        "Requests answered 503 because they exceeded the request timeout"
+    );
+}
+
+/// Answers 503 `timeout` when a request (body upload included) takes longer
+/// than the request timeout.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.0.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("confab_api_request_timeouts_total").increment(1);
+            ApiError::Timeout.into_response()
+        }
+    }
 }
 
 /// Counts and times every request by route template, and logs the cause of
@@ -373,14 +558,19 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_endpoint))
         .nest("/api", api)
-        .with_state(state)
+        .with_state(state.clone())
         .merge(web)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state, deadline))
         .layer(middleware::from_fn(track))
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then waits
 /// for in-flight requests (at most a grace period) and flushes the producer.
+///
+/// Each connection is HTTP/1.1 served by hyper with a header read timeout
+/// (`CONFAB_API_HEADER_TIMEOUT_MS`), which also closes keep-alive
+/// connections that sit idle that long.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -398,18 +588,58 @@ pub async fn run(
     let watcher = events.watch(watch_stop.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-api listening");
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let graceful = shutdown.clone();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!(?SHUTDOWN_GRACE, "grace period over, closing remaining connections"),
+    let router = app(state);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), request)
+            });
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?SHUTDOWN_GRACE,
+            "grace period over, closing remaining connections"
+        );
     }
     events.flush(Duration::from_secs(5));
     watch_stop.cancel();

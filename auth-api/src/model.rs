@@ -17,8 +17,10 @@ pub struct User {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Credentials {
     /// 3–32 characters of `[A-Za-z0-9_.-]`.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub username: String,
-    /// At least 8 characters.
+    /// At least 8 characters (and at most 1024 bytes).
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
 }
 
@@ -54,7 +56,9 @@ impl Visibility {
 /// The body of `POST /api/rooms`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRoom {
-    /// 1–100 characters; surrounding whitespace is dropped.
+    /// 1–100 characters, no control characters; surrounding whitespace is
+    /// dropped.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     pub visibility: Visibility,
     /// Only for private rooms: they then admit by password instead of by invite.
@@ -80,10 +84,12 @@ pub struct Room {
     pub is_member: bool,
 }
 
-/// The answer to `GET /api/rooms`.
+/// The answer to `GET /api/rooms`: one page, in creation order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoomList {
     pub rooms: Vec<Room>,
+    /// The `after` of the next page; null on the last page.
+    pub next_after: Option<Uuid>,
 }
 
 /// The optional body of `POST /api/rooms/{id}/join`.

@@ -2,6 +2,7 @@
 //! handlers' annotations and the body types.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
@@ -19,6 +20,59 @@ impl Modify for BearerAuth {
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.bearer_format = Some("JWT".into());
         components.add_security_scheme("bearer", SecurityScheme::Http(http));
+    }
+}
+
+/// Adds the answers any route may give to every operation that does not list
+/// them: 503 (database unavailable or too slow, request timeout) everywhere,
+/// and 400, 413 and 422 where there is a request body.
+struct CommonErrors;
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                let mut common = vec![(
+                    "503",
+                    "The database is unavailable or too slow, or the request timed out (`unavailable`, `timeout`); see `Retry-After`",
+                )];
+                if op.request_body.is_some() {
+                    common.push(("400", "Malformed JSON (`invalid_json`)"));
+                    common.push(("413", "Body over 64 KiB (`payload_too_large`)"));
+                    common.push((
+                        "422",
+                        "Well-formed JSON of the wrong shape (`invalid_body`)",
+                    ));
+                }
+                for (status, description) in common {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(description));
+                }
+            }
+        }
     }
 }
 
@@ -48,7 +102,7 @@ impl Modify for BearerAuth {
         RoomList, JoinRoom, CreateInvite, Invite, Role, Member, MemberList, MessageKind, Message,
         MessagePage, SubscriptionToken
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "auth", description = "Accounts and access tokens"),
         (name = "rooms", description = "Rooms, membership and invites"),
@@ -81,5 +135,16 @@ mod tests {
         );
         let page = &doc["components"]["schemas"]["MessagePage"]["properties"];
         assert_eq!(page["next_before"]["type"][1], "null");
+        // The room list pages: `limit` and `after` in, `next_after` out.
+        let params: Vec<&str> = doc["paths"]["/api/rooms"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(params, ["limit", "after"]);
+        let list = &doc["components"]["schemas"]["RoomList"]["properties"];
+        assert_eq!(list["next_after"]["type"][1], "null");
+        assert!(list["rooms"].is_object());
     }
 }

@@ -1,6 +1,6 @@
 //! In-memory token buckets for login and join-by-password attempts.
 //!
-//! Each key (`login:user:<name>`, `login:ip:<addr>`, ...) owns a bucket of
+//! Each key (`login:user-ip:<name>|<addr>`, `login:ip:<addr>`, ...) owns a bucket of
 //! `burst` tokens that refills evenly over `window`; each key names its own
 //! [`Quota`]. Every attempt takes one token from the user's bucket and one
 //! from the address's bucket; an empty bucket means 429. A successful attempt
@@ -34,6 +34,14 @@ struct Bucket {
 const SWEEP_AT: usize = 10_000;
 
 impl Quota {
+    /// Seconds until an empty bucket has one token again, at least 1: the
+    /// `Retry-After` of a refusal.
+    pub fn refill_secs(&self) -> u64 {
+        (self.window.as_secs_f64() / f64::from(self.burst.max(1)))
+            .ceil()
+            .max(1.0) as u64
+    }
+
     fn rate(&self) -> f64 {
         f64::from(self.burst) / self.window.as_secs_f64().max(1e-9)
     }

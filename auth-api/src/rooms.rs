@@ -14,8 +14,19 @@
 //! - An invite makes a private room visible; it does not replace the password
 //!   of a password room. Inviting an existing member or invitee is a no-op
 //!   that still answers 201.
+//! - `GET /api/rooms` pages in creation order (room ids are UUIDv7): `limit`
+//!   (default 50, at most 200) and `after`, the previous page's `next_after`.
+//!   Member counts are kept in `rooms.member_count` by a trigger, so a page
+//!   costs no count per row.
+//!
+//! Membership changes (create, join, leave) go through
+//! [`crate::membership::publish_then_apply`]: cheap checks first, then the
+//! member's lock, then the broker, then one short transaction.
 
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use confab_common::record::{RecordKind, RoomRecord, UserRef};
@@ -27,11 +38,12 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser, ClientIp, OptionalJson, RoomId};
+use crate::membership::publish_then_apply;
 use crate::model::{
     CreateInvite, CreateRoom, Invite, JoinRoom, Member, MemberList, Role, Room, RoomList, User,
     Visibility,
 };
-use crate::{password, AppState};
+use crate::AppState;
 
 /// Room names have at most this many characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 100;
@@ -51,7 +63,7 @@ pub(crate) struct RoomRow {
 }
 
 const ROOM_COLUMNS: &str = "r.id, r.name, r.visibility, r.password_hash, r.owner_id, r.created_at,
-    (SELECT count(*) FROM room_members c WHERE c.room_id = r.id) AS member_count,
+    r.member_count::bigint AS member_count,
     m.user_id IS NOT NULL AS is_member,
     EXISTS (SELECT 1 FROM room_invites i WHERE i.room_id = r.id AND i.user_id = $1) AS is_invited";
 
@@ -168,31 +180,21 @@ fn user_ref(caller: &AuthUser) -> UserRef {
     }
 }
 
-/// Commits `tx` after `record` was acknowledged; on failure produces the
-/// opposite record so the stream matches the database again (see
-/// [`crate::events`]).
-async fn commit_after_ack(
-    state: &AppState,
-    tx: tokio_postgres::Transaction<'_>,
-    record: &RoomRecord,
-) -> Result<(), ApiError> {
-    if let Err(err) = tx.commit().await {
-        let opposite = match record.kind {
-            RecordKind::MemberJoined => RecordKind::MemberLeft,
-            _ => RecordKind::MemberJoined,
-        };
-        tracing::error!(room_id = %record.room_id, %err, "commit failed after the membership record was acknowledged");
-        state
-            .events()
-            .compensate(RoomRecord::member_event(
-                record.room_id,
-                record.user.clone(),
-                opposite,
-            ))
-            .await;
-        return Err(err.into());
+/// 401 when the token names a user this database does not know; checked
+/// before a record is produced for them.
+async fn require_user<C: GenericClient>(client: &C, user: Uuid) -> Result<(), ApiError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)",
+            &[&user],
+        )
+        .await?
+        .get(0);
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("unknown user"))
     }
-    Ok(())
 }
 
 /// Creates a room; the caller becomes its owner and first member.
@@ -204,13 +206,16 @@ async fn commit_after_ack(
         (status = 201, description = "Room created; a `member_joined` record for the owner was acknowledged by the broker", body = Room),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Invalid name, visibility or password", body = ErrorBody),
-        (status = 503, description = "The broker did not acknowledge the event", body = ErrorBody),
+        (status = 429, description = "Too many rooms created from this address (`rate_limited`)", body = ErrorBody),
+        (status = 503, description = "The broker did not acknowledge the event or is down (`broker_unavailable`), or password hashing is at capacity (`overloaded`)", body = ErrorBody),
     )
 )]
 pub async fn create_room(
     State(state): State<AppState>,
     caller: AuthUser,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<CreateRoom>,
 ) -> Result<(StatusCode, Json<Room>), ApiError> {
     let name = body.name.trim().to_owned();
@@ -218,6 +223,13 @@ pub async fn create_room(
         return Err(ApiError::unprocessable(
             "invalid_name",
             format!("room names have 1-{MAX_ROOM_NAME_CHARS} characters"),
+        ));
+    }
+    // PostgreSQL text cannot hold NUL; no control character belongs in a name.
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            "room names have no control characters",
         ));
     }
     let password_hash = match (body.visibility, body.password) {
@@ -234,35 +246,50 @@ pub async fn create_room(
                 "room passwords have 1-1024 bytes",
             ))
         }
-        (Visibility::Private, Some(p)) => Some(password::hash(p).await?),
+        (Visibility::Private, Some(p)) => Some(p),
+    };
+    // Cheap checks before the costly hash.
+    state.check_address_rate("room_create", ip)?;
+    require_user(&*state.db().await?, caller.id).await?;
+    let password_hash = match password_hash {
+        Some(p) => Some(state.hasher().hash(p).await?),
+        None => None,
     };
 
     let id = Uuid::now_v7();
-    let mut conn = state.db().await?;
-    let tx = conn.transaction().await?;
-    let row = tx
-        .query_one(
-            "INSERT INTO rooms (id, name, visibility, password_hash, owner_id)
-             VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
-            &[
-                &id,
-                &name,
-                &body.visibility.as_str(),
-                &password_hash,
-                &caller.id,
-            ],
-        )
-        .await
-        .map_err(unknown_user)?;
-    let created_at: OffsetDateTime = row.get(0);
-    tx.execute(
-        "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'owner')",
-        &[&id, &caller.id],
-    )
-    .await?;
     let record = RoomRecord::member_event(id, user_ref(&caller), RecordKind::MemberJoined);
-    state.events().publish(&record).await?;
-    commit_after_ack(&state, tx, &record).await?;
+    let (insert_name, insert_hash, visibility, owner) = (
+        name.clone(),
+        password_hash.clone(),
+        body.visibility,
+        caller.id,
+    );
+    let created_at = publish_then_apply(&state, record, (), move |state| async move {
+        let mut conn = state.db().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO rooms (id, name, visibility, password_hash, owner_id)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+                &[
+                    &id,
+                    &insert_name,
+                    &visibility.as_str(),
+                    &insert_hash,
+                    &owner,
+                ],
+            )
+            .await
+            .map_err(unknown_user)?;
+        tx.execute(
+            "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'owner')",
+            &[&id, &owner],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.get::<_, OffsetDateTime>(0))
+    })
+    .await?;
     tracing::info!(room_id = %id, owner = %caller.id, "room created");
 
     let room = Room {
@@ -279,34 +306,79 @@ pub async fn create_room(
     Ok((StatusCode::CREATED, Json(room)))
 }
 
+/// Reads `limit` and `after` from the query string.
+fn room_page_params(query: &HashMap<String, String>) -> Result<(i64, Uuid), ApiError> {
+    let limit = crate::history::parse_limit(query)?;
+    let after = match query
+        .get("after")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        None => Uuid::nil(),
+        Some(raw) => raw.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_after",
+                "after must be a room id (the previous page's next_after)",
+            )
+        })?,
+    };
+    Ok((limit, after))
+}
+
 /// Every public room, plus the private rooms the caller belongs or is invited to.
 #[utoipa::path(
     get, path = "/api/rooms", tag = "rooms",
     security(("bearer" = [])),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Page size, default 50, capped at 200; must be positive"),
+        ("after" = Option<Uuid>, Query, description = "Only rooms created after this one (exclusive): the previous page's `next_after`"),
+    ),
     responses(
-        (status = 200, description = "Visible rooms, oldest first", body = RoomList),
+        (status = 200, description = "A page of visible rooms in creation order", body = RoomList),
+        (status = 400, description = "Bad `limit` or `after`", body = ErrorBody),
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
     )
 )]
 pub async fn list_rooms(
     State(state): State<AppState>,
     caller: AuthUser,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<RoomList>, ApiError> {
+    let Query(query) =
+        query.map_err(|_| ApiError::bad_request("invalid_query", "malformed query string"))?;
+    let (limit, after) = room_page_params(&query)?;
     let conn = state.db().await?;
+    // Keyset over the three ways a room is visible, each read in id order
+    // from its own index and cut at the page size, then merged.
     let sql = format!(
-        "SELECT {ROOM_COLUMNS} FROM rooms r
+        "WITH visible AS (
+            (SELECT id FROM rooms WHERE visibility = 'public' AND id > $2 ORDER BY id LIMIT $3)
+            UNION
+            (SELECT room_id FROM room_members WHERE user_id = $1 AND room_id > $2
+             ORDER BY room_id LIMIT $3)
+            UNION
+            (SELECT room_id FROM room_invites WHERE user_id = $1 AND room_id > $2
+             ORDER BY room_id LIMIT $3)
+         ), page AS (SELECT id FROM visible ORDER BY id LIMIT $3)
+         SELECT {ROOM_COLUMNS} FROM page p
+         JOIN rooms r ON r.id = p.id
          LEFT JOIN room_members m ON m.room_id = r.id AND m.user_id = $1
-         WHERE r.visibility = 'public'
-            OR m.user_id IS NOT NULL
-            OR EXISTS (SELECT 1 FROM room_invites i WHERE i.room_id = r.id AND i.user_id = $1)
-         ORDER BY r.created_at, r.id"
+         ORDER BY r.id"
     );
-    let rows = conn.query(&sql, &[&caller.id]).await?;
-    let rooms = rows
+    let fetch = limit + 1;
+    let rows = conn.query(&sql, &[&caller.id, &after, &fetch]).await?;
+    let more = rows.len() as i64 > limit;
+    let rooms: Vec<Room> = rows
         .iter()
+        .take(limit as usize)
         .map(|row| RoomRow::from_row(row).map(|r| r.to_room()))
         .collect::<Result<_, _>>()?;
-    Ok(Json(RoomList { rooms }))
+    let next_after = if more {
+        rooms.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(Json(RoomList { rooms, next_after }))
 }
 
 /// One room.
@@ -344,7 +416,7 @@ pub async fn get_room(
         (status = 403, description = "`wrong_password` or `invite_required`", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 429, description = "Too many password attempts (`rate_limited`)", body = ErrorBody),
-        (status = 503, description = "The broker did not acknowledge the event", body = ErrorBody),
+        (status = 503, description = "The broker did not acknowledge the event or is down (`broker_unavailable`), or password hashing is at capacity (`overloaded`)", body = ErrorBody),
     )
 )]
 pub async fn join_room(
@@ -369,7 +441,7 @@ pub async fn join_room(
         (Visibility::Private, Some(phc)) => {
             let ticket = state.check_rate("join", &caller.id.to_string(), ip)?;
             let given = body.password.unwrap_or_default();
-            if given.is_empty() || !password::verify(given, Some(phc.clone())).await? {
+            if given.is_empty() || !state.hasher().verify(given, Some(phc.clone())).await? {
                 return Err(ApiError::forbidden(
                     "wrong_password",
                     "wrong or missing room password",
@@ -387,31 +459,42 @@ pub async fn join_room(
         }
     }
 
+    // One change of this membership at a time: a concurrent join of the
+    // same user waits here, then finds the membership and produces nothing.
+    let guard = state.member_locks().lock(room, caller.id).await;
+    {
+        let conn = state.db().await?;
+        let row = load_room(&*conn, room, caller.id)
+            .await?
+            .ok_or_else(ApiError::room_not_found)?;
+        if row.is_member {
+            return Ok(Json(row.to_room()));
+        }
+        require_user(&*conn, caller.id).await?;
+    }
     let role = if row.owner_id == caller.id {
         "owner"
     } else {
         "member"
     };
-    let mut conn = state.db().await?;
-    let tx = conn.transaction().await?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, $3)
-             ON CONFLICT (room_id, user_id) DO NOTHING",
-            &[&room, &caller.id, &role],
-        )
-        .await
-        .map_err(unknown_user)?;
-    if inserted == 1 {
-        let record = RoomRecord::member_event(room, user_ref(&caller), RecordKind::MemberJoined);
-        state.events().publish(&record).await?;
-        commit_after_ack(&state, tx, &record).await?;
-        tracing::info!(room_id = %room, user_id = %caller.id, "member joined");
-    } else {
-        // A concurrent join of the same user won; that one produced the event.
-        tx.rollback().await?;
-    }
-    let row = load_visible(&*conn, room, caller.id)
+    let record = RoomRecord::member_event(room, user_ref(&caller), RecordKind::MemberJoined);
+    let user = caller.id;
+    publish_then_apply(&state, record, guard, move |state| async move {
+        state
+            .db()
+            .await?
+            .execute(
+                "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, $3)
+                 ON CONFLICT (room_id, user_id) DO NOTHING",
+                &[&room, &user, &role],
+            )
+            .await
+            .map_err(unknown_user)?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(room_id = %room, user_id = %caller.id, "member joined");
+    let row = load_visible(&*state.db().await?, room, caller.id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
     Ok(Json(row.to_room()))
@@ -427,7 +510,7 @@ pub async fn join_room(
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
         (status = 404, description = "No such room, or invisible", body = ErrorBody),
         (status = 409, description = "The caller is not a member (`not_a_member`)", body = ErrorBody),
-        (status = 503, description = "The broker did not acknowledge the event", body = ErrorBody),
+        (status = 503, description = "The broker did not acknowledge the event or is down (`broker_unavailable`)", body = ErrorBody),
     )
 )]
 pub async fn leave_room(
@@ -435,27 +518,33 @@ pub async fn leave_room(
     caller: AuthUser,
     RoomId(room): RoomId,
 ) -> Result<StatusCode, ApiError> {
-    let mut conn = state.db().await?;
-    load_visible(&*conn, room, caller.id)
-        .await?
-        .ok_or_else(ApiError::room_not_found)?;
-    let tx = conn.transaction().await?;
-    let deleted = tx
-        .execute(
-            "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2",
-            &[&room, &caller.id],
-        )
-        .await?;
-    if deleted == 0 {
-        tx.rollback().await?;
-        return Err(ApiError::conflict(
-            "not_a_member",
-            "you are not a member of this room",
-        ));
+    let guard = state.member_locks().lock(room, caller.id).await;
+    {
+        let conn = state.db().await?;
+        let row = load_visible(&*conn, room, caller.id)
+            .await?
+            .ok_or_else(ApiError::room_not_found)?;
+        if !row.is_member {
+            return Err(ApiError::conflict(
+                "not_a_member",
+                "you are not a member of this room",
+            ));
+        }
     }
     let record = RoomRecord::member_event(room, user_ref(&caller), RecordKind::MemberLeft);
-    state.events().publish(&record).await?;
-    commit_after_ack(&state, tx, &record).await?;
+    let user = caller.id;
+    publish_then_apply(&state, record, guard, move |state| async move {
+        state
+            .db()
+            .await?
+            .execute(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2",
+                &[&room, &user],
+            )
+            .await?;
+        Ok(())
+    })
+    .await?;
     tracing::info!(room_id = %room, user_id = %caller.id, "member left");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -482,6 +571,10 @@ pub async fn invite(
 ) -> Result<(StatusCode, Json<Invite>), ApiError> {
     let conn = state.db().await?;
     require_member(&conn, room, caller.id).await?;
+    if !crate::auth::valid_username(&body.username) {
+        // No such name can exist (and NUL cannot even be sent to PostgreSQL).
+        return Err(ApiError::not_found("user_not_found", "no such user"));
+    }
     let invitee = conn
         .query_opt(
             "SELECT id, username FROM users WHERE lower(username) = lower($1)",

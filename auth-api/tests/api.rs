@@ -329,7 +329,7 @@ async fn public_room_lifecycle() {
     assert_eq!(seen["is_member"], false);
     assert_eq!(seen["member_count"], 1);
     let (_, list) = h.get("/api/rooms", &b).await;
-    assert_eq!(keys(&list), ["rooms"]);
+    assert_eq!(keys(&list), ["next_after", "rooms"]);
     assert_eq!(list["rooms"].as_array().unwrap().len(), 1);
     assert_eq!(list["rooms"][0]["id"], id.as_str());
 

@@ -211,14 +211,43 @@ pub fn listen_addr(env: &Env, key: &'static str, default: &str) -> Result<Socket
     env.parse_or(key, default)
 }
 
-/// Reads the JWT secret, which every service requires.
+/// The JWT secret of the test suites. Services reading the process
+/// environment refuse it; only an injected [`Env`] (tests) accepts it.
+pub const TEST_JWT_SECRET: &str = "confab-test-secret-0123456789";
+
+/// Secrets that appear in this repository (compose file, docs, tests):
+/// anyone can mint tokens with them, so no service accepts them.
+pub const EXAMPLE_JWT_SECRETS: &[&str] =
+    &["change-me-dev-only-jwt-secret-0123456789", TEST_JWT_SECRET];
+
+/// Why `secret` must not be used, if it must not. `injected` (a test's
+/// [`Env`]) admits [`TEST_JWT_SECRET`].
+fn refuse_secret(secret: &str, injected: bool) -> Option<&'static str> {
+    if secret.len() < 16 {
+        return Some("must be at least 16 bytes");
+    }
+    if injected && secret == TEST_JWT_SECRET {
+        return None;
+    }
+    let lower = secret.to_ascii_lowercase();
+    if EXAMPLE_JWT_SECRETS.contains(&secret)
+        || lower.starts_with("change-me")
+        || lower.starts_with("changeme")
+    {
+        return Some("is a published example secret; generate one with `openssl rand -hex 32`");
+    }
+    None
+}
+
+/// Reads the JWT secret, which every service requires. Example secrets from
+/// the repository are refused ([`EXAMPLE_JWT_SECRETS`]).
 pub fn jwt_secret(env: &Env) -> Result<String, ConfigError> {
     let secret = env.required("CONFAB_JWT_SECRET")?;
-    if secret.len() < 16 {
+    if let Some(reason) = refuse_secret(&secret, env.vars.is_some()) {
         return Err(ConfigError::Invalid {
             key: "CONFAB_JWT_SECRET",
             value: "<redacted>".into(),
-            reason: "must be at least 16 bytes".into(),
+            reason: reason.into(),
         });
     }
     Ok(secret)
@@ -305,6 +334,25 @@ mod tests {
             .contains("must be at least 1"));
         assert_eq!(env.positive_or("B", 5).unwrap(), 3);
         assert_eq!(env.positive_or("C", 5).unwrap(), 5);
+    }
+
+    #[test]
+    fn example_secrets_are_refused_and_the_test_secret_only_in_tests() {
+        for example in [
+            "change-me-dev-only-jwt-secret-0123456789",
+            "CHANGE-ME-please-0123456789",
+        ] {
+            let err = jwt_secret(&Env::from_pairs([("CONFAB_JWT_SECRET", example)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("example secret"), "{err}");
+            assert!(!err.contains(example), "the secret is not printed: {err}");
+        }
+        // An injected (test) environment may use the test secret; the process
+        // environment, which services read, may not.
+        assert!(jwt_secret(&Env::from_pairs([("CONFAB_JWT_SECRET", TEST_JWT_SECRET)])).is_ok());
+        assert!(refuse_secret(TEST_JWT_SECRET, false).is_some());
+        assert!(refuse_secret("5325067f428541ba1cc65f76c128db6b", false).is_none());
     }
 
     #[test]

@@ -319,3 +319,6 @@ mod tests {
         assert!("bogus".parse::<RecordKind>().is_err());
     }
 }
+#[cfg(test)]
+#[path = "record_prop_tests.rs"]
+mod prop_tests;

@@ -857,3 +857,6 @@ mod tests {
         assert!(!Disconnect::BAD_REQUEST.reconnect());
     }
 }
+#[cfg(test)]
+#[path = "protocol_prop_tests.rs"]
+mod prop_tests;

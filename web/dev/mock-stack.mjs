@@ -96,7 +96,16 @@ const api = createServer(async (req, res) => {
     if (!uid) return err(res, 401, 'unauthorized', 'missing or invalid token');
     const me = users.get(uid);
     if (p === '/api/me') return ok(res, 200, publicUser(me));
-    if (p === '/api/rooms' && req.method === 'GET') return ok(res, 200, { rooms: [...rooms.values()].filter((r) => visible(r, uid)).map((r) => roomView(r, uid)) });
+    if (p === '/api/rooms' && req.method === 'GET') {
+      // Pages in creation order: ?limit= (default 50, cap 200) and ?after=<room id>.
+      const limit = Math.min(Number(url.searchParams.get('limit') || 50), 200);
+      const after = url.searchParams.get('after');
+      const all = [...rooms.values()].filter((r) => visible(r, uid));
+      const start = after ? all.findIndex((r) => r.id === after) + 1 : 0;
+      const page = all.slice(start, start + limit);
+      const next_after = start + limit < all.length ? page[page.length - 1].id : null;
+      return ok(res, 200, { rooms: page.map((r) => roomView(r, uid)), next_after });
+    }
     if (p === '/api/rooms' && req.method === 'POST') {
       const { name, visibility, password } = await body(req);
       const r = { id: randomUUID(), name, visibility, password: password || null, owner: uid, created_at: new Date().toISOString(), members: new Set([uid]), invites: new Set(), stream: [] };

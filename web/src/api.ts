@@ -17,6 +17,13 @@ export interface Room {
   is_member: boolean;
 }
 
+/** One page of `GET /api/rooms`, in creation order. */
+export interface RoomPage {
+  rooms: Room[];
+  /** The `after` of the next page; null on the last page. */
+  next_after: string | null;
+}
+
 export type MessageKind = 'message' | 'member_joined' | 'member_left';
 
 export interface Message {
@@ -101,8 +108,11 @@ export class Api {
   me(): Promise<User> {
     return this.request('GET', '/api/me');
   }
-  async rooms(): Promise<Room[]> {
-    return (await this.request<{ rooms: Room[] }>('GET', '/api/rooms')).rooms;
+  /** One page of the room list; pass the previous page's `next_after` for the next. */
+  roomsPage(limit: number, after?: string | null): Promise<RoomPage> {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (after) q.set('after', after);
+    return this.request('GET', `/api/rooms?${q}`);
   }
   room(id: string): Promise<Room> {
     return this.request('GET', `/api/rooms/${encodeURIComponent(id)}`);

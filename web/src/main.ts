@@ -9,6 +9,8 @@ import { Names } from './names';
 import { RoomView, roomBadge } from './room';
 
 const SESSION_KEY = 'confab.session';
+/** Rooms per page of the room list (the API's default). */
+const ROOM_PAGE = 50;
 const UUID_RE = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
 
 function expiryMs(expiresAt: Session['expires_at']): number | null {
@@ -52,6 +54,11 @@ class App {
   private client: Centrifuge | null = null;
   private everConnected = false;
   private rooms: Room[] = [];
+  /** The cursor of the next page of the room list; null once every page is loaded. */
+  private roomsNextAfter: string | null = null;
+  /** How many pages of the room list are loaded (a refresh reloads as many). */
+  private roomPages = 1;
+  private moreRooms: HTMLButtonElement | null = null;
   private roomFilter = '';
   private view: RoomView | null = null;
   /** The room id the current route points at (a view may still be loading). */
@@ -205,6 +212,8 @@ class App {
     }
     this.everConnected = false;
     this.rooms = [];
+    this.roomsNextAfter = null;
+    this.roomPages = 1;
     this.roomFilter = '';
     if (location.hash) history.replaceState(null, '', location.pathname + location.search);
     this.showAuth(notice);
@@ -292,6 +301,11 @@ class App {
     this.banner = h('div', { class: 'banner', role: 'alert', hidden: true });
     this.roomList = h('ul', { class: 'room-list', 'aria-label': 'Room list' });
     this.roomListStatus = h('p', { class: 'muted', role: 'status' }, 'Loading rooms…');
+    this.moreRooms = h(
+      'button',
+      { type: 'button', class: 'ghost small more-rooms', hidden: true, onclick: () => void this.loadMoreRooms() },
+      'Load more rooms',
+    ) as HTMLButtonElement;
     this.content = h('main', { class: 'content', id: 'content' });
     this.shell = h(
       'div',
@@ -334,6 +348,7 @@ class App {
           }),
           this.roomList,
           this.roomListStatus,
+          this.moreRooms,
         ),
         this.content,
       ),
@@ -351,17 +366,48 @@ class App {
     }, 1000);
   }
 
+  /** Reloads the room list: as many pages as were loaded before. */
   private async refreshRooms(): Promise<void> {
     try {
-      this.rooms = await this.api.rooms();
+      const rooms: Room[] = [];
+      let after: string | null = null;
+      let pages = 0;
+      do {
+        const page = await this.api.roomsPage(ROOM_PAGE, after);
+        rooms.push(...page.rooms);
+        after = page.next_after;
+        pages += 1;
+      } while (after && pages < this.roomPages);
+      this.rooms = rooms;
+      this.roomsNextAfter = after;
+      this.roomPages = pages;
       this.renderRooms();
     } catch (e) {
       if (this.roomListStatus) this.roomListStatus.textContent = `Could not load rooms: ${describeError(e)}`;
     }
   }
 
+  /** Appends the next page of the room list. */
+  private async loadMoreRooms(): Promise<void> {
+    if (!this.roomsNextAfter || !this.moreRooms) return;
+    this.moreRooms.disabled = true;
+    try {
+      const page = await this.api.roomsPage(ROOM_PAGE, this.roomsNextAfter);
+      const known = new Set(this.rooms.map((r) => r.id));
+      this.rooms = [...this.rooms, ...page.rooms.filter((r) => !known.has(r.id))];
+      this.roomsNextAfter = page.next_after;
+      this.roomPages += 1;
+      this.renderRooms();
+    } catch (e) {
+      if (this.roomListStatus) this.roomListStatus.textContent = `Could not load rooms: ${describeError(e)}`;
+    } finally {
+      this.moreRooms.disabled = false;
+    }
+  }
+
   private renderRooms(): void {
     if (!this.roomList || !this.roomListStatus) return;
+    if (this.moreRooms) this.moreRooms.hidden = this.roomsNextAfter === null;
     const all = this.rooms.length;
     const rooms = this.rooms
       .filter((r) => !this.roomFilter || r.name.toLowerCase().includes(this.roomFilter))

@@ -36,6 +36,10 @@ pub fn env_pairs(db: &TestDb, kafka: &KafkaConfig) -> Vec<(String, String)> {
         ("CONFAB_JWT_SECRET", TEST_JWT_SECRET),
         ("CONFAB_WEB_DIR", "/nonexistent/confab-web"),
         ("CONFAB_API_DB_POOL_SIZE", "8"),
+        // Tests register and create from one (unknown) address; tests of
+        // these limits set their own.
+        ("CONFAB_RATE_LIMIT_REGISTER_BURST", "100000"),
+        ("CONFAB_RATE_LIMIT_ROOM_CREATE_BURST", "100000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -72,5 +72,5 @@ pub async fn create_topic(config: &KafkaConfig, partitions: i32) {
         .expect("write geneses");
 }
 
-/// A JWT secret for tests.
-pub const TEST_JWT_SECRET: &str = "confab-test-secret-0123456789";
+/// A JWT secret for tests; services refuse it outside an injected `Env`.
+pub use crate::config::TEST_JWT_SECRET;
