@@ -403,6 +403,9 @@ struct Inner {
     hint: AtomicU64,
     /// When the last check finished.
     checked: Mutex<Option<Instant>>,
+    /// Held while a check runs, so that callers who ask at the same time
+    /// share one check instead of queueing one each.
+    running: tokio::sync::Mutex<()>,
 }
 
 /// Watches the topic's layout: a cheap handle shared by a service's
@@ -429,6 +432,7 @@ impl LayoutWatch {
             tx,
             hint: AtomicU64::new(0),
             checked: Mutex::new(None),
+            running: tokio::sync::Mutex::new(()),
         })))
     }
 
@@ -454,6 +458,11 @@ impl LayoutWatch {
 
     /// Reads the layout now (writing missing geneses) and publishes it.
     pub async fn refresh(&self) -> TopicState {
+        let _running = self.0.running.lock().await;
+        self.check().await
+    }
+
+    async fn check(&self) -> TopicState {
         let inner = Arc::clone(&self.0);
         let hint = Position(inner.hint.load(Ordering::Relaxed));
         let loaded = tokio::task::spawn_blocking(move || {
@@ -496,6 +505,8 @@ impl LayoutWatch {
     /// `min_age` ago: then the state as it is. Readers call this when a
     /// record's stamp disagrees with their base.
     pub async fn refresh_unless_recent(&self, min_age: Duration) -> TopicState {
+        // Whoever waited for a check that was running takes its result.
+        let _running = self.0.running.lock().await;
         let recent = self
             .0
             .checked
@@ -505,7 +516,7 @@ impl LayoutWatch {
         if recent {
             self.state()
         } else {
-            self.refresh().await
+            self.check().await
         }
     }
 

@@ -7,6 +7,7 @@
 use crate::config::KafkaConfig;
 
 mod cluster;
+pub mod ws;
 pub use cluster::{KafkaCluster, PartitionState, Signal};
 
 /// The address of a service the tests need, or a panic that says how to get it.
