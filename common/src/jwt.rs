@@ -87,8 +87,6 @@ impl std::fmt::Debug for JwtKeys {
     }
 }
 
-
-
 fn validation(audience: &str) -> Validation {
     let mut v = Validation::new(Algorithm::HS256);
     v.algorithms = vec![Algorithm::HS256];

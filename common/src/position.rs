@@ -64,7 +64,10 @@ pub struct Base(pub u64);
 /// The largest base handed out, kept well below 2^53 so that positions stay
 /// exact in JavaScript (about the year 2255 in microseconds).
 pub const MAX_BASE: u64 = 1 << 52;
-const _: () = assert!(MAX_BASE < (1u64 << 53), "positions must stay exact in JavaScript");
+const _: () = assert!(
+    MAX_BASE < (1u64 << 53),
+    "positions must stay exact in JavaScript"
+);
 
 impl Base {
     /// A base for a new incarnation: the wall clock in microseconds, but
@@ -106,7 +109,6 @@ impl Base {
         format!("{:x}", self.0)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,8 @@ pub const RECORD_VERSION: u8 = 2;
 /// The Kafka key of genesis records.
 pub const GENESIS_KEY: &[u8] = b"confab.genesis";
 
-/// What a record is.
+/// What a record is: the one vocabulary of record kinds, used in Kafka, in
+/// `messages.kind` and in the REST API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
@@ -32,18 +33,53 @@ pub enum RecordKind {
     Message,
     /// A user joined the room (including its creator).
     MemberJoined,
-    /// A user left the room.
+    /// A user left the room (or was kicked or banned: see its data).
     MemberLeft,
+    /// A message's text was changed (CONTRACT §7).
+    MessageEdited,
+    /// A message was deleted; it keeps its place with `data: null`.
+    MessageDeleted,
+    /// A user reacted to a message.
+    ReactionAdded,
+    /// A user took a reaction back.
+    ReactionRemoved,
 }
 
 impl RecordKind {
+    /// Every kind, for exhaustive tests and checks.
+    pub const ALL: [Self; 7] = [
+        Self::Message,
+        Self::MemberJoined,
+        Self::MemberLeft,
+        Self::MessageEdited,
+        Self::MessageDeleted,
+        Self::ReactionAdded,
+        Self::ReactionRemoved,
+    ];
+
     /// The name used in JSON, in the database and in the REST API.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Message => "message",
             Self::MemberJoined => "member_joined",
             Self::MemberLeft => "member_left",
+            Self::MessageEdited => "message_edited",
+            Self::MessageDeleted => "message_deleted",
+            Self::ReactionAdded => "reaction_added",
+            Self::ReactionRemoved => "reaction_removed",
         }
+    }
+
+    /// Whether records of this kind change an earlier message rather than
+    /// being one: REST history folds them into the message they name.
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Self::MessageEdited
+                | Self::MessageDeleted
+                | Self::ReactionAdded
+                | Self::ReactionRemoved
+        )
     }
 }
 
@@ -51,12 +87,10 @@ impl std::str::FromStr for RecordKind {
     type Err = RecordError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "message" => Ok(Self::Message),
-            "member_joined" => Ok(Self::MemberJoined),
-            "member_left" => Ok(Self::MemberLeft),
-            other => Err(RecordError::UnknownKind(other.to_owned())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| RecordError::UnknownKind(s.to_owned()))
     }
 }
 
@@ -184,7 +218,14 @@ impl RoomRecord {
     pub fn member_event(room_id: Uuid, user: UserRef, kind: RecordKind) -> Self {
         debug_assert!(kind != RecordKind::Message);
         let data = serde_json::json!({ "type": kind.as_str(), "user": &user });
-        let data = RawValue::from_string(data.to_string()).expect("json! output is valid JSON");
+        Self::event(room_id, user, kind, data)
+    }
+
+    /// An event of `kind` by `user` whose publication data is `data` (an
+    /// object carrying `"type": kind`, as CONTRACT §7 and §8 give it).
+    pub fn event(room_id: Uuid, user: UserRef, kind: RecordKind, data: serde_json::Value) -> Self {
+        debug_assert_eq!(data["type"], kind.as_str());
+        let data = RawValue::from_string(data.to_string()).expect("a Value is valid JSON");
         Self {
             v: RECORD_VERSION,
             id: Uuid::now_v7(),
@@ -309,13 +350,13 @@ mod tests {
 
     #[test]
     fn kinds_parse_and_print() {
-        for k in [
-            RecordKind::Message,
-            RecordKind::MemberJoined,
-            RecordKind::MemberLeft,
-        ] {
+        for k in RecordKind::ALL {
             assert_eq!(k.as_str().parse::<RecordKind>().unwrap(), k);
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
         }
+        assert!(RecordKind::MessageEdited.is_change());
+        assert!(!RecordKind::MemberLeft.is_change());
         assert!("bogus".parse::<RecordKind>().is_err());
     }
 }

@@ -46,8 +46,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::KafkaConfig;
 use crate::clock::now_us;
+use crate::config::KafkaConfig;
 use crate::position::{Base, KafkaOffset, Position};
 use crate::record::{Genesis, RoomRecord, GENESIS_KEY};
 

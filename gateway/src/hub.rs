@@ -370,7 +370,7 @@ impl Hub {
                 RecordKind::MemberJoined => {
                     room.departed.remove(&record.user.id);
                 }
-                RecordKind::Message => {}
+                _ => {}
             }
         }
         self.skip(partition, position);
@@ -806,7 +806,11 @@ mod tests {
         let h = hub(10);
         let room = Uuid::new_v4();
         for o in 0..3 {
-            h.deliver(0, at(o), &record(room, Uuid::new_v4(), RecordKind::Message, "old"));
+            h.deliver(
+                0,
+                at(o),
+                &record(room, Uuid::new_v4(), RecordKind::Message, "old"),
+            );
         }
         let old_epoch = B.epoch();
         let (p, _rx) = peer(Uuid::new_v4(), 16);
@@ -823,7 +827,11 @@ mod tests {
         assert_eq!(s.epoch, new.epoch());
         assert_ne!(s.epoch, old_epoch);
         assert_eq!(s.offset, new.floor().0, "positions only go up");
-        assert!(h.history(room, -1, None, false).unwrap().publications.is_empty());
+        assert!(h
+            .history(room, -1, None, false)
+            .unwrap()
+            .publications
+            .is_empty());
         h.deliver(
             0,
             new.position(KafkaOffset(0)),

@@ -79,14 +79,18 @@ impl Stack {
         let config = confab_auth_api::Config::from_env(&env).expect("auth-api config");
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            confab_auth_api::run(config, l, stop).await.expect("auth-api");
+            confab_auth_api::run(config, l, stop)
+                .await
+                .expect("auth-api");
         }));
 
         let (l, persister) = listener().await;
         let config = confab_persister::Config::from_env(&env).expect("persister config");
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            confab_persister::run(config, l, stop).await.expect("persister");
+            confab_persister::run(config, l, stop)
+                .await
+                .expect("persister");
         }));
 
         let (l, gateway) = listener().await;
@@ -175,14 +179,19 @@ impl Api {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if !self.token.is_empty() {
             req = req.bearer_auth(&self.token);
         }
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status();
         let text = resp.text().await.unwrap();
         assert!(status.is_success(), "{method} {path}: {status} {text}");
@@ -352,6 +361,11 @@ pub fn offsets(messages: &[Value]) -> Vec<u64> {
 /// Asserts that `offsets` strictly increase.
 pub fn assert_rising(offsets: &[u64]) {
     for w in offsets.windows(2) {
-        assert!(w[0] < w[1], "offsets go down or repeat: {} then {}", w[0], w[1]);
+        assert!(
+            w[0] < w[1],
+            "offsets go down or repeat: {} then {}",
+            w[0],
+            w[1]
+        );
     }
 }

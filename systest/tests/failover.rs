@@ -116,7 +116,10 @@ async fn leader_failover_loses_and_duplicates_nothing() {
         .iter()
         .zip(offsets(&history))
         .position(|(a, b)| *a != b);
-    assert_eq!(first_difference, None, "the live stream and history disagree");
+    assert_eq!(
+        first_difference, None,
+        "the live stream and history disagree"
+    );
     assert_eq!(texts(&live), stored);
     cluster.start_node(other).await;
     stack.stop().await;

@@ -84,10 +84,7 @@ async fn a_recreated_topic_loses_nothing_and_never_recovers_stale() {
     let s = &back.subscribed["subscribe"];
     assert_eq!(s["was_recovering"], true, "{s}");
     assert_ne!(s["recovered"], true, "recovered: false (omitted) {s}");
-    assert!(
-        s.get("publications").is_none(),
-        "no stale publication: {s}"
-    );
+    assert!(s.get("publications").is_none(), "no stale publication: {s}");
     assert_ne!(s["epoch"], old_epoch.as_str());
     assert!(s["offset"].as_u64().unwrap() > last_old);
     stack.stop().await;
