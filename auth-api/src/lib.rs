@@ -45,14 +45,13 @@ mod membership;
 pub mod model;
 pub mod openapi;
 pub mod password;
-pub mod ratelimit;
 pub mod rooms;
 
 use crate::error::{ApiError, LoggedCause};
 use crate::events::Events;
 use crate::membership::{BrokerGate, MemberLocks};
 use crate::password::{HashLimits, Hasher};
-use crate::ratelimit::{Quota, RateLimiter};
+use confab_common::ratelimit::{Quota, RateLimiter};
 
 /// The largest request body accepted; bigger ones get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;

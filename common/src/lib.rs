@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod ops;
 pub mod position;
 pub mod producer;
+pub mod ratelimit;
 pub mod record;
 pub mod shutdown;
 pub mod stream;

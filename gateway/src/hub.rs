@@ -16,7 +16,7 @@
 //! is the partition's incarnation; when it changes, the rooms of that
 //! partition start over.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -137,9 +137,8 @@ struct Room {
     /// The newest position evicted from the window, or 0.
     evicted: u64,
     subs: HashMap<u64, Sub>,
-    /// Users whose latest membership record is `member_left`, with that
-    /// record's time (Unix ms): their older subscription tokens are refused.
-    departed: HashMap<Uuid, i64>,
+    /// Users whose latest membership record is `member_left`.
+    departed: HashSet<Uuid>,
 }
 
 /// Per-partition progress of this instance's consumer, in positions.
@@ -250,7 +249,7 @@ impl Room {
             window: VecDeque::new(),
             evicted: 0,
             subs: HashMap::new(),
-            departed: HashMap::new(),
+            departed: HashSet::new(),
         }
     }
 
@@ -364,8 +363,8 @@ impl Hub {
             }
             match record.kind {
                 RecordKind::MemberLeft => {
-                    room.departed.insert(record.user.id, record.ts_ms);
-                    self.remove_user(room, record.user.id, offset);
+                    room.departed.insert(record.user.id);
+                    self.remove_user(room, record.user.id);
                 }
                 RecordKind::MemberJoined => {
                     room.departed.remove(&record.user.id);
@@ -386,11 +385,11 @@ impl Hub {
     }
 
     /// Unsubscribes every subscription of `user` (it left the room).
-    fn remove_user(&self, room: &mut Room, user: Uuid, offset: u64) {
+    fn remove_user(&self, room: &mut Room, user: Uuid) {
         let ids: Vec<u64> = room
             .subs
             .iter()
-            .filter(|(_, s)| s.peer.user == user && offset > s.skip_until)
+            .filter(|(_, s)| s.peer.user == user)
             .map(|(id, _)| *id)
             .collect();
         if ids.is_empty() {
@@ -484,14 +483,15 @@ impl Hub {
         out
     }
 
-    /// Whether `user` left the room after a token issued at `iat` (Unix
-    /// seconds): such a token predates the departure and must not admit.
-    pub fn left_since(&self, room_id: Uuid, user: Uuid, iat: i64) -> bool {
+    /// Whether `user`'s latest membership record in the room is
+    /// `member_left` (left, kicked or banned): until a `member_joined`
+    /// follows, no subscription token admits them and none of their
+    /// connections publishes there, whenever the token was issued.
+    pub fn has_left(&self, room_id: Uuid, user: Uuid) -> bool {
         let shard = self.shard(room_id);
         shard
             .get(&room_id)
-            .and_then(|r| r.departed.get(&user))
-            .is_some_and(|&left_ms| iat.saturating_mul(1000) < left_ms - 1000)
+            .is_some_and(|r| r.departed.contains(&user))
     }
 
     /// Forgets rooms with no subscribers whose newest publication is older
@@ -911,18 +911,13 @@ mod tests {
         assert!(got[1]["push"]["leave"].is_object());
         assert_eq!(h.presence_stats(room), (1, 1));
         assert!(!h.unsubscribe(room, sa.sub_id));
-        let now_s = confab_common::clock::now_ms() / 1000;
-        assert!(h.left_since(room, leaver, now_s - 60), "old token refused");
-        assert!(
-            !h.left_since(room, leaver, now_s + 1),
-            "token issued after leaving"
-        );
+        assert!(h.has_left(room, leaver), "no token admits them any more");
         h.deliver(
             0,
             at(1),
             &record(room, leaver, RecordKind::MemberJoined, ""),
         );
-        assert!(!h.left_since(room, leaver, now_s - 60), "rejoined");
+        assert!(!h.has_left(room, leaver), "rejoined");
     }
 
     #[test]

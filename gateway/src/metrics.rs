@@ -1,24 +1,24 @@
 //! Metric names and their descriptions (`/metrics` must pass `promtool`).
 
-pub const CONNECTIONS: &str = "confab_gateway_connections";
-pub const SUBSCRIPTIONS: &str = "confab_gateway_subscriptions";
-pub const MESSAGES_PUBLISHED: &str = "confab_gateway_messages_published_total";
-pub const PUBLISH_FAILURES: &str = "confab_gateway_publish_failures_total";
-pub const MESSAGES_DELIVERED: &str = "confab_gateway_messages_delivered_total";
-pub const PUBLISH_TO_DELIVER: &str = "confab_gateway_publish_to_deliver_seconds";
-pub const KAFKA_PRODUCE: &str = "confab_gateway_kafka_produce_seconds";
-pub const SEND_QUEUE_DROPS: &str = "confab_gateway_send_queue_drops_total";
-pub const SLOW_CONSUMER_DISCONNECTS: &str = "confab_gateway_slow_consumer_disconnects_total";
-pub const CONSUMER_LAG: &str = "confab_gateway_consumer_lag";
-pub const RECORDS_CONSUMED: &str = "confab_gateway_records_consumed_total";
-pub const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
-pub const ROOMS: &str = "confab_gateway_rooms";
-pub const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
-pub const INCARNATION_CHANGES: &str = "confab_gateway_incarnation_changes_total";
+pub(crate) const CONNECTIONS: &str = "confab_gateway_connections";
+pub(crate) const SUBSCRIPTIONS: &str = "confab_gateway_subscriptions";
+pub(crate) const MESSAGES_PUBLISHED: &str = "confab_gateway_messages_published_total";
+pub(crate) const PUBLISH_FAILURES: &str = "confab_gateway_publish_failures_total";
+pub(crate) const MESSAGES_DELIVERED: &str = "confab_gateway_messages_delivered_total";
+pub(crate) const PUBLISH_TO_DELIVER: &str = "confab_gateway_publish_to_deliver_seconds";
+pub(crate) const KAFKA_PRODUCE: &str = "confab_gateway_kafka_produce_seconds";
+pub(crate) const SEND_QUEUE_DROPS: &str = "confab_gateway_send_queue_drops_total";
+pub(crate) const SLOW_CONSUMER_DISCONNECTS: &str = "confab_gateway_slow_consumer_disconnects_total";
+pub(crate) const CONSUMER_LAG: &str = "confab_gateway_consumer_lag";
+pub(crate) const RECORDS_CONSUMED: &str = "confab_gateway_records_consumed_total";
+pub(crate) const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
+pub(crate) const ROOMS: &str = "confab_gateway_rooms";
+pub(crate) const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
+pub(crate) const INCARNATION_CHANGES: &str = "confab_gateway_incarnation_changes_total";
 
 /// Registers HELP text for every gateway metric and makes the gauges and
 /// counters visible before their first change.
-pub fn describe() {
+pub(crate) fn describe() {
     describe_only();
     for g in [CONNECTIONS, SUBSCRIPTIONS, CONSUMER_LAG, ROOMS] {
         metrics::gauge!(g).increment(0.0);

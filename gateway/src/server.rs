@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics as m;
-use crate::Gateway;
+use crate::state::Gateway;
 
 /// Accepts until shutdown; each TCP connection gets a task in the tracker.
 pub(crate) async fn serve(gw: Gateway, listener: TcpListener) {
@@ -92,8 +92,17 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     }
 }
 
-/// Decrements the socket count when the connection task ends.
+/// One of the open sockets the connection cap counts; the count goes down
+/// when the connection task ends.
 pub(crate) struct SocketSlot(Gateway);
+
+impl SocketSlot {
+    /// Takes a slot; returns it with the number of sockets open before.
+    pub(crate) fn take(gw: &Gateway) -> (Self, usize) {
+        let open = gw.sockets.fetch_add(1, Ordering::AcqRel);
+        (Self(gw.clone()), open)
+    }
+}
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
@@ -116,8 +125,7 @@ fn upgrade(gw: Gateway, mut req: Request<Incoming>) -> Response<Body> {
     if gw.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let open = gw.sockets.fetch_add(1, Ordering::AcqRel);
-    let slot = SocketSlot(gw.clone());
+    let (slot, open) = SocketSlot::take(&gw);
     if open >= gw.config.max_connections {
         metrics::counter!(m::REJECTED_CONNECTIONS, "reason" => "limit").increment(1);
         return plain(
@@ -132,7 +140,7 @@ fn upgrade(gw: Gateway, mut req: Request<Incoming>) -> Response<Body> {
     let task_gw = gw.clone();
     gw.tracker.spawn(async move {
         match fut.await {
-            Ok(ws) => crate::conn::run(task_gw, ws, slot).await,
+            Ok(ws) => crate::session::run(task_gw, ws, slot).await,
             Err(err) => tracing::debug!(%err, "websocket upgrade failed"),
         }
     });

@@ -37,6 +37,8 @@ fn env(kafka: &KafkaConfig, db_url: &str) -> Env {
         // Tests publish faster than people do.
         ("CONFAB_GATEWAY_PUBLISH_RATE", "1000"),
         ("CONFAB_GATEWAY_PUBLISH_BURST", "1000"),
+        ("CONFAB_GATEWAY_USER_PUBLISH_RATE", "1000"),
+        ("CONFAB_GATEWAY_USER_PUBLISH_BURST", "1000"),
         ("CONFAB_PERSISTER_BATCH_MS", "10"),
         ("CONFAB_PERSISTER_SESSION_TIMEOUT_MS", "6000"),
     ])

@@ -13,6 +13,7 @@ use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// How long a client waits for a reply or a push.
@@ -37,15 +38,18 @@ pub enum Msg {
     Closed(u16, String),
 }
 
-/// A raw protocol client.
-pub struct Client {
-    ws: FragmentCollector<TokioIo<Upgraded>>,
+/// A raw protocol client, over an upgraded HTTP connection by default or
+/// over any stream ([`Client::over`]).
+pub struct Client<S = TokioIo<Upgraded>> {
+    ws: FragmentCollector<S>,
     next_id: u32,
     /// Replies and pushes read but not yet asked for.
     pending: VecDeque<Value>,
     pub closed: Option<(u16, String)>,
     /// Every non-ping line received, as text.
     pub raw: Vec<String>,
+    /// The size of every text frame received, in bytes.
+    pub frame_sizes: Vec<usize>,
     /// Answer server pings automatically.
     pub auto_pong: bool,
 }
@@ -79,17 +83,24 @@ pub async fn ws_connect_with(
     }
     let req = req.body(Empty::<Bytes>::new()).unwrap();
     let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?;
-    Ok(Client {
-        ws: FragmentCollector::new(ws),
-        next_id: 0,
-        pending: VecDeque::new(),
-        closed: None,
-        raw: Vec::new(),
-        auto_pong: true,
-    })
+    Ok(Client::over(ws))
 }
 
-impl Client {
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// A client on a WebSocket that is already open (a test's in-memory
+    /// stream, say).
+    pub fn over(ws: fastwebsockets::WebSocket<S>) -> Self {
+        Self {
+            ws: FragmentCollector::new(ws),
+            next_id: 0,
+            pending: VecDeque::new(),
+            closed: None,
+            raw: Vec::new(),
+            frame_sizes: Vec::new(),
+            auto_pong: true,
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws
             .write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec())))
@@ -127,6 +138,7 @@ impl Client {
                 false
             }
             OpCode::Text => {
+                self.frame_sizes.push(frame.payload.len());
                 let text = String::from_utf8(frame.payload.to_vec()).unwrap();
                 for line in text.trim().split('\n') {
                     let v: Value = serde_json::from_str(line)

@@ -48,6 +48,8 @@ pub async fn start(kafka: &KafkaConfig, extra: &[(&str, &str)]) -> Gw {
         ("CONFAB_JWT_SECRET".into(), TEST_JWT_SECRET.into()),
         ("CONFAB_GATEWAY_PUBLISH_RATE".into(), "1000".into()),
         ("CONFAB_GATEWAY_PUBLISH_BURST".into(), "1000".into()),
+        ("CONFAB_GATEWAY_USER_PUBLISH_RATE".into(), "1000".into()),
+        ("CONFAB_GATEWAY_USER_PUBLISH_BURST".into(), "1000".into()),
     ];
     for (k, v) in extra {
         pairs.retain(|(key, _)| key != k);

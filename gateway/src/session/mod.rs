@@ -1,25 +1,36 @@
-//! One WebSocket connection: a reader task that turns frames into complete,
-//! size- and UTF-8-checked messages, and the session task that runs the
-//! protocol, writes replies and pushes, and owns the timers.
+//! One client's session: the protocol, from connect to close.
+//!
+//! [`run`] is the connection task. It takes typed commands from the reader
+//! ([`crate::connection`]), answers them, writes the pushes the hub queues
+//! for this client, waits for the broker's acknowledgements of its
+//! publications, and keeps the timers (connect deadline, pings, token
+//! expiry). Everything it writes goes through one buffer, flushed after each
+//! event in frames of bounded size.
+//!
+//! **The publish path**, in order: [`Session::publish`] checks the
+//! subscription, that the user has not left the room, the rate limits (per
+//! connection and per user) and the data ([`crate::message`]); builds the
+//! [`RoomRecord`]; hands it to the [`Publisher`](crate::kafka::Publisher);
+//! and answers only when the broker's acknowledgement resolves
+//! ([`Session::published`]). A failed acknowledgement answers an error and
+//! the client may retry; a success means the record is durable.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use confab_common::clock::now_secs;
 use confab_common::jwt::TokenError;
+use confab_common::ratelimit::{Quota, TokenBucket};
 use confab_common::record::{RoomRecord, UserRef};
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::WebSocket;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::connection::{self, Inbound};
 use crate::hub::{Outbound, Peer};
 use crate::metrics as m;
 use crate::protocol::{
@@ -27,159 +38,13 @@ use crate::protocol::{
     Request,
 };
 use crate::server::SocketSlot;
-use crate::{Gateway, MAX_MESSAGE_BYTES};
+use crate::state::Gateway;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Publications one connection may have waiting for the broker.
 const MAX_INFLIGHT: usize = 256;
 /// Queue messages written in one frame at most.
 const MAX_BATCH: usize = 64;
-/// Pushes are batched into one frame only up to this size.
-const MAX_FRAME_OUT: usize = 64 * 1024;
-/// The longest text a chat message may carry, in characters.
-pub(crate) const MAX_TEXT_CHARS: usize = 4000;
-
-/// What the reader hands the session.
-enum Inbound {
-    /// A complete data message, UTF-8 checked.
-    Message(Bytes),
-    /// A WebSocket ping to answer.
-    Ping(Bytes),
-    /// The peer sent a close frame.
-    Close,
-    /// A protocol violation: close with this code.
-    Fail(u16, &'static str),
-}
-
-fn owned(payload: Payload<'_>) -> Bytes {
-    match payload {
-        Payload::Bytes(b) => b.freeze(),
-        Payload::Owned(v) => Bytes::from(v),
-        other => Bytes::copy_from_slice(&other),
-    }
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(mut rd: WebSocketRead<R>, tx: mpsc::Sender<Inbound>) {
-    let mut partial: Option<BytesMut> = None;
-    loop {
-        let frame = rd
-            .read_frame::<_, std::io::Error>(&mut |_| async { Ok(()) })
-            .await;
-        let event = match frame {
-            Ok(frame) => match frame.opcode {
-                OpCode::Text | OpCode::Binary => {
-                    if partial.is_some() {
-                        Some(Inbound::Fail(1002, "expected continuation"))
-                    } else if frame.fin {
-                        let payload = owned(frame.payload);
-                        if std::str::from_utf8(&payload).is_err() {
-                            Some(Inbound::Fail(1007, "invalid utf-8"))
-                        } else {
-                            Some(Inbound::Message(payload))
-                        }
-                    } else {
-                        partial = Some(BytesMut::from(&frame.payload[..]));
-                        None
-                    }
-                }
-                OpCode::Continuation => match partial.as_mut() {
-                    None => Some(Inbound::Fail(1002, "unexpected continuation")),
-                    Some(buf) => {
-                        if buf.len() + frame.payload.len() > MAX_MESSAGE_BYTES {
-                            Some(Inbound::Fail(1009, "message too big"))
-                        } else {
-                            buf.extend_from_slice(&frame.payload);
-                            if frame.fin {
-                                let whole = partial.take().unwrap_or_default().freeze();
-                                if std::str::from_utf8(&whole).is_err() {
-                                    Some(Inbound::Fail(1007, "invalid utf-8"))
-                                } else {
-                                    Some(Inbound::Message(whole))
-                                }
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                },
-                OpCode::Close => Some(Inbound::Close),
-                OpCode::Ping => Some(Inbound::Ping(owned(frame.payload))),
-                OpCode::Pong => None,
-            },
-            Err(WebSocketError::FrameTooLarge) => Some(Inbound::Fail(1009, "message too big")),
-            Err(WebSocketError::InvalidUTF8) => Some(Inbound::Fail(1007, "invalid utf-8")),
-            Err(
-                WebSocketError::UnexpectedEOF
-                | WebSocketError::IoError(_)
-                | WebSocketError::ConnectionClosed,
-            ) => return,
-            Err(_) => Some(Inbound::Fail(1002, "protocol error")),
-        };
-        if let Some(event) = event {
-            let stop = matches!(event, Inbound::Close | Inbound::Fail(..));
-            if tx.send(event).await.is_err() || stop {
-                return;
-            }
-        }
-    }
-}
-
-/// A token bucket for publications.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst: burst.max(1.0),
-            tokens: burst.max(1.0),
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Checks publication data: a JSON object with a non-empty string `text` of
-/// at most [`MAX_TEXT_CHARS`] characters.
-pub(crate) fn validate_message(data: &str, max_bytes: usize) -> Result<(), ProtoError> {
-    if data.len() > max_bytes {
-        return Err(ProtoError::LIMIT_EXCEEDED);
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(data).map_err(|_| ProtoError::BAD_REQUEST)?;
-    let text = value
-        .as_object()
-        .and_then(|o| o.get("text"))
-        .and_then(|t| t.as_str())
-        .ok_or(ProtoError::BAD_REQUEST)?;
-    if text.is_empty() {
-        return Err(ProtoError::BAD_REQUEST);
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ProtoError::LIMIT_EXCEEDED);
-    }
-    Ok(())
-}
 
 struct LocalSub {
     sub_id: u64,
@@ -188,8 +53,9 @@ struct LocalSub {
     exp: i64,
 }
 
-type PublishDone = Pin<Box<dyn Future<Output = (u32, Instant, bool)> + Send>>;
+type Published = std::pin::Pin<Box<dyn std::future::Future<Output = (u32, Instant, bool)> + Send>>;
 
+/// The protocol state of one connection.
 struct Session {
     gw: Gateway,
     kill: CancellationToken,
@@ -198,19 +64,42 @@ struct Session {
     /// The access token's `exp`, Unix seconds.
     exp: i64,
     subs: HashMap<Uuid, LocalSub>,
-    bucket: Bucket,
+    /// This connection's publish rate (`None`: unlimited).
+    bucket: Option<TokenBucket>,
     started: Instant,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
+    /// Publications waiting for the broker.
+    inflight: FuturesUnordered<Published>,
     /// Replies and pushes waiting to be written, `\n`-separated.
     out: Vec<u8>,
 }
 
-fn unix_now() -> i64 {
-    confab_common::clock::now_secs()
-}
-
 impl Session {
+    fn new(gw: Gateway, kill: CancellationToken, queue_tx: mpsc::Sender<Outbound>) -> Self {
+        let c = &gw.config;
+        let bucket = (c.publish_rate > 0.0).then(|| {
+            TokenBucket::new(Quota::per_second(
+                c.publish_rate,
+                c.publish_burst.max(1.0) as u32,
+            ))
+        });
+        Self {
+            bucket,
+            gw,
+            kill,
+            queue_tx,
+            peer: None,
+            exp: 0,
+            subs: HashMap::new(),
+            started: Instant::now(),
+            next_ping: Instant::now(),
+            pong_deadline: None,
+            inflight: FuturesUnordered::new(),
+            out: Vec::with_capacity(4096),
+        }
+    }
+
     fn sep(&mut self) {
         if !self.out.is_empty() {
             self.out.push(b'\n');
@@ -222,12 +111,17 @@ impl Session {
         encode_error(&mut self.out, id, err);
     }
 
-    fn handle(
-        &mut self,
-        id: u32,
-        req: Request,
-        inflight: &mut FuturesUnordered<PublishDone>,
-    ) -> Option<Disconnect> {
+    /// Handles the commands of one message, in order.
+    fn commands(&mut self, cmds: Vec<(u32, Request)>) -> Option<Disconnect> {
+        for (id, req) in cmds {
+            if let Some(d) = self.handle(id, req) {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    fn handle(&mut self, id: u32, req: Request) -> Option<Disconnect> {
         let Some(peer) = self.peer.clone() else {
             return match req {
                 Request::Connect(c) => self.connect(id, c),
@@ -261,7 +155,7 @@ impl Session {
                 encode_empty(&mut self.out, id, "unsubscribe");
             }
             Request::Publish(p) => {
-                if let Err(e) = self.publish(id, p, &peer, inflight) {
+                if let Err(e) = self.publish(id, p, &peer) {
                     self.error(id, e);
                 }
             }
@@ -312,28 +206,6 @@ impl Session {
         None
     }
 
-    /// Handles one data message: its commands, in order.
-    fn message(
-        &mut self,
-        bytes: &[u8],
-        inflight: &mut FuturesUnordered<PublishDone>,
-    ) -> Option<Disconnect> {
-        match protocol::decode_commands(bytes) {
-            Err(err) => {
-                tracing::debug!(%err, "malformed frame");
-                Some(Disconnect::BAD_REQUEST)
-            }
-            Ok(cmds) => {
-                for (id, req) in cmds {
-                    if let Some(d) = self.handle(id, req, inflight) {
-                        return Some(d);
-                    }
-                }
-                None
-            }
-        }
-    }
-
     fn subscribed_room(&self, channel: &str) -> Result<Uuid, ProtoError> {
         let room = confab_common::parse_room_channel(channel).ok_or(ProtoError::UNKNOWN_CHANNEL)?;
         if self.subs.contains_key(&room) {
@@ -368,7 +240,7 @@ impl Session {
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         let ping = self.gw.config.ping_interval.as_secs();
         self.next_ping = Instant::now() + self.gw.config.ping_interval;
-        let ttl = (claims.exp - unix_now()).max(1);
+        let ttl = (claims.exp - now_secs()).max(1);
         self.sep();
         let mut w = ReplyWriter::start(&mut self.out, id, "connect")
             .str("client", &client)
@@ -396,7 +268,7 @@ impl Session {
             return Some(Disconnect::INVALID_TOKEN);
         }
         self.exp = claims.exp;
-        let ttl = (claims.exp - unix_now()).max(1);
+        let ttl = (claims.exp - now_secs()).max(1);
         self.sep();
         ReplyWriter::start(&mut self.out, id, "refresh")
             .str("client", &peer.client)
@@ -416,7 +288,7 @@ impl Session {
             Ok(c) if c.sub == peer.user && c.channel == channel => {
                 let room = confab_common::parse_room_channel(channel)
                     .ok_or(ProtoError::UNKNOWN_CHANNEL)?;
-                if self.gw.hub.left_since(room, peer.user, c.iat) {
+                if self.gw.hub.has_left(room, peer.user) {
                     return Err(ProtoError::PERMISSION_DENIED);
                 }
                 Ok(c.exp)
@@ -455,7 +327,7 @@ impl Session {
         if exp > 0 {
             w = w
                 .flag("expires", true)
-                .num("ttl", (exp - unix_now()).max(1));
+                .num("ttl", (exp - now_secs()).max(1));
         }
         w = w
             .flag("recoverable", true)
@@ -484,41 +356,45 @@ impl Session {
                 self.sep();
                 ReplyWriter::start(&mut self.out, id, "sub_refresh")
                     .flag("expires", true)
-                    .num("ttl", (exp - unix_now()).max(1))
+                    .num("ttl", (exp - now_secs()).max(1))
                     .finish();
             }
         }
     }
 
+    /// The publish path; see the module docs.
     fn publish(
         &mut self,
         id: u32,
         req: protocol::PublishRequest,
         peer: &Peer,
-        inflight: &mut FuturesUnordered<PublishDone>,
     ) -> Result<(), ProtoError> {
         let room = self.subscribed_room(&req.channel)?;
-        if inflight.len() >= MAX_INFLIGHT || !self.bucket.take() {
+        if self.gw.hub.has_left(room, peer.user) {
+            return Err(ProtoError::PERMISSION_DENIED);
+        }
+        let conn_ok = self.bucket.as_mut().is_none_or(TokenBucket::take);
+        if self.inflight.len() >= MAX_INFLIGHT || !conn_ok || !self.user_may_publish(peer) {
             return Err(ProtoError::TOO_MANY_REQUESTS);
         }
         let data = req.data.ok_or(ProtoError::BAD_REQUEST)?;
-        validate_message(data.get(), self.gw.config.max_publish_bytes)?;
-        let user = UserRef {
-            id: peer.user,
-            username: peer.username.clone(),
-        };
+        crate::message::validate(data.get(), self.gw.config.max_publish_bytes)?;
         if let Some(problem) = self.gw.publish_problem() {
             tracing::warn!(%problem, "publication refused");
             metrics::counter!(m::PUBLISH_FAILURES).increment(1);
             return Err(ProtoError::NOT_AVAILABLE);
         }
+        let user = UserRef {
+            id: peer.user,
+            username: peer.username.clone(),
+        };
         let record = RoomRecord::message(room, user, data);
         let started = Instant::now();
-        match self.gw.producer.enqueue(record) {
-            Ok(delivery) => {
-                inflight.push(Box::pin(async move {
-                    let ok = match delivery.await {
-                        Ok(_) => true,
+        match self.gw.publisher.publish(record) {
+            Ok(ack) => {
+                self.inflight.push(Box::pin(async move {
+                    let ok = match ack.await {
+                        Ok(()) => true,
                         Err(err) => {
                             tracing::warn!(%err, "publication not acknowledged by the broker");
                             false
@@ -536,7 +412,17 @@ impl Session {
         }
     }
 
-    fn publish_done(&mut self, id: u32, started: Instant, ok: bool) {
+    /// The per-user publish rate, across every connection of the user.
+    fn user_may_publish(&self, peer: &Peer) -> bool {
+        self.gw.config.user_publish_rate <= 0.0
+            || self
+                .gw
+                .user_publishes
+                .try_acquire(&[(&peer.user, self.gw.user_quota())])
+    }
+
+    /// Answers a publication once the broker has (not) acknowledged it.
+    fn published(&mut self, id: u32, started: Instant, ok: bool) {
         if ok {
             metrics::counter!(m::MESSAGES_PUBLISHED).increment(1);
             metrics::histogram!(m::KAFKA_PRODUCE).record(started.elapsed().as_secs_f64());
@@ -584,7 +470,7 @@ impl Session {
             self.sep();
             self.out.extend_from_slice(protocol::PING);
         }
-        let unix = unix_now();
+        let unix = now_secs();
         let delay = config.expired_close_delay.as_secs() as i64;
         if self.exp > 0 && unix > self.exp + delay {
             return Some(Disconnect::EXPIRED);
@@ -620,96 +506,16 @@ impl Session {
     }
 }
 
-/// Writes `frame` within the write timeout.
-async fn write<W: AsyncWrite + Unpin>(
-    wr: &mut WebSocketWrite<W>,
-    frame: Frame<'_>,
-    timeout: Duration,
-) -> Result<(), ()> {
-    match tokio::time::timeout(timeout, wr.write_frame(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
-}
-
-/// Writes what is pending in `out` as one text frame.
-async fn flush<W: AsyncWrite + Unpin>(
-    wr: &mut WebSocketWrite<W>,
-    out: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<(), ()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let r = write(wr, Frame::text(Payload::Borrowed(out)), timeout).await;
-    out.clear();
-    r
-}
-
-async fn close<W: AsyncWrite + Unpin>(wr: &mut WebSocketWrite<W>, code: u16, reason: &str) {
-    let _ = write(
-        wr,
-        Frame::close(code, reason.as_bytes()),
-        Duration::from_secs(2),
-    )
-    .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), wr.flush()).await;
-}
-
-/// The socket's read half, shared so that the session can take it back from
-/// the frame reader and drain it after sending a close frame. Closing a socket
-/// with unread input makes the kernel send RST, which can destroy the close
-/// frame before the client reads it.
-struct SharedRead<R>(Arc<std::sync::Mutex<R>>);
-
-impl<R: AsyncRead + Unpin> AsyncRead for SharedRead<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        Pin::new(&mut *inner).poll_read(cx, buf)
-    }
-}
-
 /// Serves one upgraded socket until it closes.
 pub(crate) async fn run<S>(gw: Gateway, ws: WebSocket<S>, slot: SocketSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
-    let (read, write_half) = tokio::io::split(ws.into_inner());
-    let read = Arc::new(std::sync::Mutex::new(read));
-    let (mut rd, mut wr) = fastwebsockets::after_handshake_split(
-        SharedRead(Arc::clone(&read)),
-        write_half,
-        fastwebsockets::Role::Server,
-    );
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    // fastwebsockets refuses frames whose length is >= this limit.
-    rd.set_max_message_size(MAX_MESSAGE_BYTES + 1);
-    let (in_tx, mut in_rx) = mpsc::channel(8);
-    let reader = tokio::spawn(read_loop(rd, in_tx));
-
+    let (reader, mut inbound, mut wr) = connection::split(ws, gw.config.write_timeout);
     let (queue_tx, mut queue_rx) = mpsc::channel(gw.config.send_queue);
     let kill = CancellationToken::new();
-    let write_timeout = gw.config.write_timeout;
-    let mut s = Session {
-        bucket: Bucket::new(gw.config.publish_rate, gw.config.publish_burst),
-        gw: gw.clone(),
-        kill: kill.clone(),
-        queue_tx,
-        peer: None,
-        exp: 0,
-        subs: HashMap::new(),
-        started: Instant::now(),
-        next_ping: Instant::now(),
-        pong_deadline: None,
-        out: Vec::with_capacity(4096),
-    };
-    let mut inflight: FuturesUnordered<PublishDone> = FuturesUnordered::new();
+    let mut s = Session::new(gw.clone(), kill.clone(), queue_tx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = false;
@@ -722,28 +528,28 @@ where
             () = kill.cancelled() => {
                 let code = s.peer.as_ref().map_or(Disconnect::SLOW.code, |p| p.kill_code());
                 // A slow consumer's socket may not drain; do not wait on it.
-                let _ = tokio::time::timeout(Duration::from_millis(200), close(&mut wr, code, "slow")).await;
+                wr.close(code, "slow", Duration::from_millis(200)).await;
                 break None;
             }
             () = gw.shutdown.cancelled(), if !draining => {
                 draining = true;
                 // Commands already received are still handled (a publish
                 // among them is answered once the broker acknowledges it).
-                while let Ok(ev) = in_rx.try_recv() {
-                    if let Inbound::Message(bytes) = ev {
-                        disconnect = s.message(&bytes, &mut inflight);
+                while let Ok(ev) = inbound.try_recv() {
+                    if let Inbound::Commands(cmds) = ev {
+                        disconnect = s.commands(cmds);
                         if disconnect.is_some() {
                             break;
                         }
                     }
                 }
-                if disconnect.is_none() && inflight.is_empty() {
+                if disconnect.is_none() && s.inflight.is_empty() {
                     disconnect = Some(Disconnect::SHUTDOWN);
                 }
             }
-            Some((id, started, ok)) = inflight.next(), if !inflight.is_empty() => {
-                s.publish_done(id, started, ok);
-                if draining && inflight.is_empty() {
+            Some((id, started, ok)) = s.inflight.next(), if !s.inflight.is_empty() => {
+                s.published(id, started, ok);
+                if draining && s.inflight.is_empty() {
                     disconnect = Some(Disconnect::SHUTDOWN);
                 }
             }
@@ -751,7 +557,7 @@ where
                 if let Some(msg) = msg {
                     s.outbound(msg);
                     let mut n = 1;
-                    while n < MAX_BATCH && s.out.len() < MAX_FRAME_OUT {
+                    while n < MAX_BATCH && s.out.len() < connection::MAX_FRAME_OUT {
                         match queue_rx.try_recv() {
                             Ok(msg) => s.outbound(msg),
                             Err(_) => break,
@@ -760,20 +566,24 @@ where
                     }
                 }
             }
-            ev = in_rx.recv(), if !draining => match ev {
+            ev = inbound.recv(), if !draining => match ev {
                 None => break None,
                 Some(Inbound::Close) => break Some((1000, "")),
                 Some(Inbound::Fail(code, reason)) => break Some((code, reason)),
                 Some(Inbound::Ping(payload)) => {
-                    if write(&mut wr, Frame::pong(Payload::Owned(payload.to_vec())), write_timeout).await.is_err() {
+                    if wr.pong(payload).await.is_err() {
                         break None;
                     }
                 }
-                Some(Inbound::Message(bytes)) => disconnect = s.message(&bytes, &mut inflight),
+                Some(Inbound::Malformed(err)) => {
+                    tracing::debug!(%err, "malformed frame");
+                    disconnect = Some(Disconnect::BAD_REQUEST);
+                }
+                Some(Inbound::Commands(cmds)) => disconnect = s.commands(cmds),
             },
             _ = tick.tick() => disconnect = s.tick(),
         }
-        if flush(&mut wr, &mut s.out, write_timeout).await.is_err() {
+        if wr.flush(&mut s.out).await.is_err() {
             break None;
         }
         if let Some(d) = disconnect {
@@ -782,67 +592,10 @@ where
     };
     s.cleanup();
     if let Some((code, reason)) = end {
-        close(&mut wr, code, reason).await;
+        wr.close(code, reason, Duration::from_secs(2)).await;
     }
-    reader.abort();
-    let _ = reader.await;
-    if let Ok(read) = Arc::try_unwrap(read) {
-        // Read what the client still sends (its close echo) until it closes.
-        let read = read.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut limited = tokio::io::AsyncReadExt::take(read, 1 << 20);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::io::copy(&mut limited, &mut tokio::io::sink()),
-        )
-        .await;
-    }
+    reader.drain().await;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn message_validation() {
-        let max = 16 * 1024;
-        assert!(validate_message(r#"{"text":"hi"}"#, max).is_ok());
-        assert!(validate_message(r#"{"text":"hi","extra":[1,2]}"#, max).is_ok());
-        for bad in [
-            r#"{"text":""}"#,
-            r#"{"text":5}"#,
-            r#"{}"#,
-            r#""text""#,
-            "[1]",
-            "null",
-        ] {
-            assert_eq!(
-                validate_message(bad, max),
-                Err(ProtoError::BAD_REQUEST),
-                "{bad}"
-            );
-        }
-        let long = format!(r#"{{"text":"{}"}}"#, "é".repeat(MAX_TEXT_CHARS));
-        assert!(
-            validate_message(&long, max).is_ok(),
-            "4000 characters, 8000 bytes"
-        );
-        let too_long = format!(r#"{{"text":"{}"}}"#, "a".repeat(MAX_TEXT_CHARS + 1));
-        assert_eq!(
-            validate_message(&too_long, max),
-            Err(ProtoError::LIMIT_EXCEEDED)
-        );
-        assert_eq!(
-            validate_message(&long, 100),
-            Err(ProtoError::LIMIT_EXCEEDED)
-        );
-    }
-
-    #[test]
-    fn bucket_limits_bursts() {
-        let mut b = Bucket::new(1.0, 3.0);
-        assert!(b.take() && b.take() && b.take());
-        assert!(!b.take());
-        let mut unlimited = Bucket::new(0.0, 1.0);
-        assert!((0..100).all(|_| unlimited.take()));
-    }
-}
+mod tests;

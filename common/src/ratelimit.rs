@@ -1,15 +1,17 @@
-//! In-memory token buckets for login and join-by-password attempts.
+//! Token buckets: the one rate limiter of every service.
 //!
-//! Each key (`login:user-ip:<name>|<addr>`, `login:ip:<addr>`, ...) owns a bucket of
-//! `burst` tokens that refills evenly over `window`; each key names its own
-//! [`Quota`]. Every attempt takes one token from the user's bucket and one
-//! from the address's bucket; an empty bucket means 429. A successful attempt
-//! gets its tokens back, so only failures count: legitimate users are never
-//! slowed, and guessing is capped even when attempts run in parallel.
-//! Buckets live in one process, which suits a single auth-api instance; several
-//! instances would each allow the limit.
+//! A [`Quota`] is `burst` tokens that refill evenly over `window`. A
+//! [`TokenBucket`] is one such bucket (the gateway's per-connection publish
+//! rate). A [`RateLimiter`] holds a bucket per key (auth-api's per-address
+//! and per-(user, address) login attempts, the gateway's per-user publish
+//! rate): every attempt takes one token from each of its keys' buckets, or
+//! from none when any is empty. A refund gives a token back, so that only
+//! failures count where that is wanted. Buckets live in one process; several
+//! instances each allow the limit.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,15 @@ struct Bucket {
 const SWEEP_AT: usize = 10_000;
 
 impl Quota {
+    /// `rate` tokens per second with bursts of `burst`.
+    pub fn per_second(rate: f64, burst: u32) -> Self {
+        let rate = rate.max(1e-9);
+        Self {
+            burst: burst.max(1),
+            window: Duration::from_secs_f64(f64::from(burst.max(1)) / rate),
+        }
+    }
+
     /// Seconds until an empty bucket has one token again, at least 1: the
     /// `Retry-After` of a refusal.
     pub fn refill_secs(&self) -> u64 {
@@ -56,26 +67,78 @@ impl Quota {
     }
 }
 
-/// A set of token buckets keyed by string.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, Bucket>>,
+/// One token bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    quota: Quota,
+    bucket: Bucket,
 }
 
-impl RateLimiter {
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            quota,
+            bucket: Bucket {
+                tokens: f64::from(quota.burst),
+                updated: Instant::now(),
+                window: quota.window,
+            },
+        }
+    }
+
+    /// Takes a token; false when the bucket is empty.
+    pub fn take(&mut self) -> bool {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&mut self, now: Instant) -> bool {
+        self.bucket = self.quota.refreshed(self.bucket, now);
+        if self.bucket.tokens >= 1.0 {
+            self.bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A set of token buckets, one per key.
+#[derive(Debug)]
+pub struct RateLimiter<K = String> {
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K> Default for RateLimiter<K> {
+    fn default() -> Self {
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq> RateLimiter<K> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Takes one token from every key's bucket, or from none of them. Returns
     /// false (and takes nothing) when any bucket is empty.
-    pub fn try_acquire(&self, keys: &[(&str, Quota)]) -> bool {
+    pub fn try_acquire<Q>(&self, keys: &[(&Q, Quota)]) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.try_acquire_at(keys, Instant::now())
     }
 
     /// Gives back the tokens of an attempt that turned out legitimate (a
     /// successful login), so that only failures use up the quota.
-    pub fn refund(&self, keys: &[(&str, Quota)]) {
+    pub fn refund<Q>(&self, keys: &[(&Q, Quota)])
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         for (key, quota) in keys {
@@ -87,7 +150,11 @@ impl RateLimiter {
         }
     }
 
-    fn try_acquire_at(&self, keys: &[(&str, Quota)], now: Instant) -> bool {
+    fn try_acquire_at<Q>(&self, keys: &[(&Q, Quota)], now: Instant) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let current: Vec<Bucket> = keys
             .iter()
@@ -105,7 +172,12 @@ impl RateLimiter {
         }
         for ((key, _), mut bucket) in keys.iter().zip(current) {
             bucket.tokens -= 1.0;
-            buckets.insert((*key).to_owned(), bucket);
+            match buckets.get_mut(*key) {
+                Some(b) => *b = bucket,
+                None => {
+                    buckets.insert((*key).to_owned(), bucket);
+                }
+            }
         }
         if buckets.len() > SWEEP_AT {
             // A bucket idle for its whole window is full again: forget it.
@@ -119,6 +191,25 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    #[test]
+    fn one_bucket() {
+        let mut b = TokenBucket::new(Quota::per_second(1.0, 3));
+        let t0 = Instant::now();
+        assert!(b.take_at(t0) && b.take_at(t0) && b.take_at(t0));
+        assert!(!b.take_at(t0));
+        assert!(b.take_at(t0 + Duration::from_millis(1_100)));
+        assert!(!b.take_at(t0 + Duration::from_millis(1_200)));
+    }
+
+    #[test]
+    fn keys_of_any_type() {
+        let l: RateLimiter<u64> = RateLimiter::new();
+        let q = Quota::per_second(1.0, 1);
+        assert!(l.try_acquire(&[(&7, q)]));
+        assert!(!l.try_acquire(&[(&7, q)]));
+        assert!(l.try_acquire(&[(&8, q)]));
+    }
+
     fn q(burst: u32) -> Quota {
         Quota {
             burst,
@@ -128,7 +219,7 @@ mod tests {
 
     #[test]
     fn burst_then_refuse_then_refill() {
-        let l = RateLimiter::new();
+        let l: RateLimiter = RateLimiter::new();
         let t0 = Instant::now();
         let keys = |u, i| [(u, q(3)), (i, q(3))];
         for _ in 0..3 {
@@ -149,7 +240,7 @@ mod tests {
 
     #[test]
     fn refusal_takes_nothing() {
-        let l = RateLimiter::new();
+        let l: RateLimiter = RateLimiter::new();
         let t0 = Instant::now();
         assert!(l.try_acquire_at(&[("ip:1", q(1))], t0));
         // user:x has a token but ip:1 does not; user:x must keep its token.
@@ -159,7 +250,7 @@ mod tests {
 
     #[test]
     fn refunds_restore_one_token_up_to_the_burst() {
-        let l = RateLimiter::new();
+        let l: RateLimiter = RateLimiter::new();
         let keys = [("user:a", q(2))];
         assert!(l.try_acquire(&keys));
         assert!(l.try_acquire(&keys));
@@ -178,7 +269,7 @@ mod tests {
 
     #[test]
     fn keys_have_their_own_quotas() {
-        let l = RateLimiter::new();
+        let l: RateLimiter = RateLimiter::new();
         let t0 = Instant::now();
         assert!(l.try_acquire_at(&[("user:a", q(1)), ("ip:1", q(5))], t0));
         assert!(!l.try_acquire_at(&[("user:a", q(1)), ("ip:1", q(5))], t0));

@@ -1,0 +1,276 @@
+//! The session with no broker: a loopback publisher delivers each record to
+//! the hub at once, as the consumer would after the broker's ack.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use confab_common::config::Env;
+use confab_common::position::{Base, Position};
+use confab_common::producer::ProduceError;
+use confab_common::testing::ws::Client;
+use confab_common::testing::TEST_JWT_SECRET;
+use fastwebsockets::{Role, WebSocket};
+use serde_json::json;
+use tokio::io::DuplexStream;
+
+use super::*;
+use crate::hub::{Hub, HubConfig};
+use crate::kafka::{Ack, Publisher};
+
+const BASE: Base = Base(1_000_000);
+
+/// Delivers every record to the hub right away; can be told to fail.
+struct Loopback {
+    hub: Arc<Hub>,
+    next: AtomicU64,
+    fail: AtomicBool,
+}
+
+impl Publisher for Loopback {
+    fn publish(&self, record: RoomRecord) -> Result<Ack, ProduceError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Ok(Box::pin(async {
+                Err(ProduceError::Unavailable("test broker down".into()))
+            }));
+        }
+        let position = Position(self.next.fetch_add(1, Ordering::Relaxed));
+        self.hub.deliver(0, position, &record);
+        Ok(Box::pin(async { Ok(()) }))
+    }
+
+    fn problem(&self) -> Option<String> {
+        None
+    }
+
+    fn flush(&self, _: Duration) {}
+}
+
+use std::sync::atomic::Ordering;
+
+struct World {
+    gw: Gateway,
+    publisher: Arc<Loopback>,
+}
+
+fn world(extra: &[(&str, &str)]) -> World {
+    let mut pairs = vec![
+        ("KAFKA_BROKERS", "unused:9092"),
+        ("CONFAB_JWT_SECRET", TEST_JWT_SECRET),
+    ];
+    pairs.extend_from_slice(extra);
+    let config = crate::config::Config::from_env(&Env::from_pairs(pairs)).unwrap();
+    let hub = Arc::new(Hub::new(HubConfig {
+        partitions: 1,
+        history_size: 100,
+        history_ttl_ms: 0,
+    }));
+    hub.init_partition(0, BASE, BASE.floor(), BASE.floor());
+    let publisher = Arc::new(Loopback {
+        hub: Arc::clone(&hub),
+        next: AtomicU64::new(BASE.0 + 1),
+        fail: AtomicBool::new(false),
+    });
+    let gw = Gateway::new(
+        config,
+        hub,
+        Arc::clone(&publisher) as Arc<dyn Publisher>,
+        CancellationToken::new(),
+        Arc::new(AtomicBool::new(true)),
+        confab_common::telemetry::metrics_handle(),
+    );
+    World { gw, publisher }
+}
+
+/// A client talking to a session over an in-memory stream.
+async fn client(gw: &Gateway) -> Client<DuplexStream> {
+    let (server, client) = tokio::io::duplex(1 << 20);
+    let (slot, _) = SocketSlot::take(gw);
+    tokio::spawn(run(
+        gw.clone(),
+        WebSocket::after_handshake(server, Role::Server),
+        slot,
+    ));
+    Client::over(WebSocket::after_handshake(client, Role::Client))
+}
+
+/// A connected client of a fresh user, subscribed to `room`.
+async fn member(gw: &Gateway, room: Uuid) -> (Client<DuplexStream>, Uuid) {
+    let user = Uuid::new_v4();
+    let keys = &gw.config.jwt;
+    let mut c = client(gw).await;
+    let (token, _) = keys.issue_access(user, "ann");
+    assert!(c.connect(&token).await["connect"]["client"].is_string());
+    let channel = confab_common::room_channel(room);
+    let (sub, _) = keys.issue_subscription(user, &channel);
+    let r = c.subscribe(&channel, &sub).await;
+    assert_eq!(r["subscribe"]["epoch"], BASE.epoch().as_str(), "{r}");
+    (c, user)
+}
+
+#[tokio::test]
+async fn a_publish_is_answered_after_the_ack_and_pushed_to_everyone() {
+    let w = world(&[]);
+    let room = Uuid::new_v4();
+    let (mut a, _) = member(&w.gw, room).await;
+    let (mut b, _) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    let r = a.publish(&channel, json!({"text": "hi"})).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+    for c in [&mut a, &mut b] {
+        let p = c.publication().await;
+        assert_eq!(p["pub"]["data"]["text"], "hi");
+        assert_eq!(p["pub"]["offset"], BASE.0 + 1);
+        assert!(p["pub"]["tags"]["message_id"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn an_unacknowledged_publish_is_an_error_and_the_connection_stays() {
+    let w = world(&[]);
+    let room = Uuid::new_v4();
+    let (mut a, _) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    w.publisher.fail.store(true, Ordering::Relaxed);
+    let r = a.publish(&channel, json!({"text": "lost?"})).await;
+    assert_eq!(r["error"]["code"], 100, "{r}");
+    w.publisher.fail.store(false, Ordering::Relaxed);
+    let r = a.publish(&channel, json!({"text": "again"})).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+}
+
+#[tokio::test]
+async fn bad_data_is_refused_before_the_publisher() {
+    let w = world(&[]);
+    let room = Uuid::new_v4();
+    let (mut a, _) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    let r = a.publish(&channel, json!({"no": "text"})).await;
+    assert_eq!(r["error"]["code"], 107);
+    let r = a
+        .publish(
+            &confab_common::room_channel(Uuid::new_v4()),
+            json!({"text": "x"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 103, "not subscribed");
+    assert_eq!(
+        w.publisher.next.load(Ordering::Relaxed),
+        BASE.0 + 1,
+        "nothing produced"
+    );
+}
+
+#[tokio::test]
+async fn the_publish_rate_is_per_user_not_per_connection() {
+    let w = world(&[
+        ("CONFAB_GATEWAY_PUBLISH_RATE", "1000"),
+        ("CONFAB_GATEWAY_PUBLISH_BURST", "1000"),
+        ("CONFAB_GATEWAY_USER_PUBLISH_RATE", "1"),
+        ("CONFAB_GATEWAY_USER_PUBLISH_BURST", "3"),
+    ]);
+    let room = Uuid::new_v4();
+    let channel = confab_common::room_channel(room);
+    let user = Uuid::new_v4();
+    let keys = w.gw.config.jwt.clone();
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = client(&w.gw).await;
+        c.connect(&keys.issue_access(user, "ann").0).await;
+        c.subscribe(&channel, &keys.issue_subscription(user, &channel).0)
+            .await;
+        conns.push(c);
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..9 {
+        let r = conns[i % 3].publish(&channel, json!({"text": "x"})).await;
+        if r.get("publish").is_some() {
+            ok += 1;
+        } else {
+            assert_eq!(r["error"]["code"], 111, "{r}");
+            limited += 1;
+        }
+    }
+    assert_eq!(
+        (ok, limited),
+        (3, 6),
+        "three sockets share one user's burst"
+    );
+}
+
+#[tokio::test]
+async fn a_member_who_left_publishes_nowhere_whatever_their_token() {
+    let w = world(&[]);
+    let room = Uuid::new_v4();
+    let (mut a, user) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    let left = RoomRecord::member_event(
+        room,
+        UserRef {
+            id: user,
+            username: "ann".into(),
+        },
+        confab_common::record::RecordKind::MemberLeft,
+    );
+    w.gw.hub.deliver(0, Position(BASE.0 + 50), &left);
+    let push = loop {
+        let p = a.push().await;
+        if p.get("unsubscribe").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(push["unsubscribe"]["code"], 2000, "{push}");
+    // A token minted after the leave (the REST race) does not admit them.
+    let (fresh, _) = w.gw.config.jwt.issue_subscription(user, &channel);
+    let r = a.subscribe(&channel, &fresh).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    // Nor does recovering from past the leave.
+    let r = a
+        .call(
+            "subscribe",
+            json!({"channel": channel, "token": fresh, "recover": true,
+                   "offset": BASE.0 + 1000, "epoch": BASE.epoch()}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let r = a.publish(&channel, json!({"text": "still here?"})).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+}
+
+#[tokio::test]
+async fn replies_go_out_in_frames_of_bounded_size() {
+    let w = world(&[("CONFAB_GATEWAY_MAX_PUBLISH_BYTES", "60000")]);
+    let room = Uuid::new_v4();
+    let (mut a, _) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    let pad = "x".repeat(15_000);
+    for _ in 0..20 {
+        let r = a
+            .publish(&channel, json!({ "text": "big", "pad": pad }))
+            .await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    a.raw.clear();
+    a.frame_sizes.clear();
+    // Many history commands in one frame: their replies come back in
+    // several frames, none over the bound unless one reply alone is.
+    let cmds: Vec<String> = (1..=8)
+        .map(|i| json!({"id": 100 + i, "history": {"channel": channel, "limit": -1}}).to_string())
+        .collect();
+    a.send_text(&cmds.join("\n")).await;
+    for i in 1..=8 {
+        let r = a.reply(100 + i).await;
+        assert!(r["history"]["publications"].as_array().unwrap().len() > 1);
+    }
+    assert_eq!(
+        a.raw.iter().filter(|l| l.contains("\"history\"")).count(),
+        8
+    );
+    // Eight replies of ~300 KB each: several frames, each one reply at most
+    // (a reply alone over the bound is not split).
+    assert!(a.frame_sizes.len() >= 8, "{:?}", a.frame_sizes);
+    assert!(
+        a.frame_sizes.iter().all(|&n| n < 400_000),
+        "{:?}",
+        a.frame_sizes
+    );
+}
