@@ -103,3 +103,25 @@ pub async fn ensure_topic(
     }
     Ok(())
 }
+
+/// Creates the gateways' presence topic unless it exists: one partition (its
+/// records are few and every gateway reads all of them), compacted, so a
+/// gateway that starts reads only the live keys, and tombstones kept for a
+/// minute so that a reader that catches up sees them.
+pub async fn ensure_presence_topic(config: &KafkaConfig, topic: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base(config).create()?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "60000")
+        .set("min.cleanable.dirty.ratio", "0.1")
+        .set("delete.retention.ms", "60000");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics([&new], &opts).await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}

@@ -4,12 +4,14 @@
 //! environment ([`config`]), the versioned Kafka records ([`record`]), stream
 //! positions ([`position`]) and the topic layout that gives them
 //! ([`stream`]), the one room-record producer ([`producer`]), JWT issuing and
-//! checking ([`jwt`]), Postgres pools and migrations ([`db`]), Kafka client
+//! checking ([`jwt`]), Postgres pools and migrations ([`db`], feature `db`,
+//! which the gateway leaves off), Kafka client
 //! settings ([`kafka`]), logs and metrics ([`telemetry`]), health and metrics
 //! endpoints ([`ops`]) and graceful shutdown ([`shutdown`]).
 
 pub mod clock;
 pub mod config;
+#[cfg(feature = "db")]
 pub mod db;
 pub mod jwt;
 pub mod kafka;

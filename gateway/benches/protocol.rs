@@ -64,11 +64,7 @@ fn encode(c: &mut Criterion) {
 
 fn fan_out(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 1000;
-    let hub = Hub::new(HubConfig {
-        partitions: 1,
-        history_size: 1000,
-        history_ttl_ms: 0,
-    });
+    let hub = Hub::new(HubConfig::with_size(1, 1000));
     hub.init_partition(0, Base(1_000), Position(1_000), Position(1_000));
     let room = Uuid::new_v4();
     let mut queues = Vec::with_capacity(SUBSCRIBERS);
@@ -81,7 +77,7 @@ fn fan_out(c: &mut Criterion) {
             tx,
             CancellationToken::new(),
         ));
-        hub.subscribe(room, &peer, None);
+        hub.subscribe(room, &peer, None, true);
         queues.push((peer, rx));
     }
     let user = UserRef {

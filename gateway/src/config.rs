@@ -21,10 +21,24 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Open WebSocket connections allowed at once (`CONFAB_GATEWAY_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Open sockets allowed from one client address
+    /// (`CONFAB_GATEWAY_MAX_CONNECTIONS_PER_IP`).
+    pub max_connections_per_ip: usize,
+    /// Connections one user may have open on this instance
+    /// (`CONFAB_GATEWAY_MAX_CONNECTIONS_PER_USER`); one more is refused with
+    /// disconnect 3504.
+    pub max_connections_per_user: usize,
+    /// Take the client address from the last `X-Forwarded-For` entry, for a
+    /// gateway behind a reverse proxy (`CONFAB_GATEWAY_TRUST_PROXY`).
+    pub trust_proxy: bool,
     /// Subscriptions one connection may hold (`CONFAB_GATEWAY_MAX_SUBSCRIPTIONS`).
     pub max_subscriptions: usize,
     /// Publications kept per room for recovery and history (`CONFAB_GATEWAY_HISTORY_SIZE`).
     pub history_size: usize,
+    /// Publication bytes kept per room (`CONFAB_GATEWAY_HISTORY_BYTES_PER_ROOM`).
+    pub history_bytes_per_room: usize,
+    /// Publication bytes kept across all rooms (`CONFAB_GATEWAY_HISTORY_BYTES_TOTAL`).
+    pub history_bytes_total: usize,
     /// Age after which publications leave the window (`CONFAB_GATEWAY_HISTORY_TTL_SECS`, 0 = never).
     pub history_ttl: Duration,
     /// Rooms without subscribers and without publications for this long are
@@ -59,6 +73,15 @@ pub struct Config {
     pub user_publish_rate: f64,
     /// Publication burst per user (`CONFAB_GATEWAY_USER_PUBLISH_BURST`).
     pub user_publish_burst: u32,
+    /// Costly commands (subscribe, history, presence) one message may carry
+    /// (`CONFAB_GATEWAY_MAX_COSTLY_PER_MESSAGE`); the rest get error 106.
+    pub max_costly_per_message: usize,
+    /// Sustained costly commands per second per connection
+    /// (`CONFAB_GATEWAY_COSTLY_RATE`, burst the same); beyond, error 111.
+    pub costly_rate: f64,
+    /// Reply bytes one message's commands may produce
+    /// (`CONFAB_GATEWAY_MAX_REPLY_BYTES`); costly commands beyond get 106.
+    pub max_reply_bytes: usize,
     /// Largest publication `data`, in bytes (`CONFAB_GATEWAY_MAX_PUBLISH_BYTES`).
     pub max_publish_bytes: usize,
     /// How long shutdown waits for connections to finish (`CONFAB_GATEWAY_SHUTDOWN_GRACE_SECS`).
@@ -75,8 +98,17 @@ impl Config {
             jwt: JwtKeys::from_env(env)?,
             allowed_origins: env.list("CONFAB_GATEWAY_ALLOWED_ORIGINS"),
             max_connections: env.positive_or("CONFAB_GATEWAY_MAX_CONNECTIONS", 10_000)?,
+            max_connections_per_ip: env
+                .positive_or("CONFAB_GATEWAY_MAX_CONNECTIONS_PER_IP", 1000)?,
+            max_connections_per_user: env
+                .positive_or("CONFAB_GATEWAY_MAX_CONNECTIONS_PER_USER", 100)?,
+            trust_proxy: env.parse_or("CONFAB_GATEWAY_TRUST_PROXY", false)?,
             max_subscriptions: env.positive_or("CONFAB_GATEWAY_MAX_SUBSCRIPTIONS", 128)?,
             history_size: env.positive_or("CONFAB_GATEWAY_HISTORY_SIZE", 1000)?,
+            history_bytes_per_room: env
+                .positive_or("CONFAB_GATEWAY_HISTORY_BYTES_PER_ROOM", 2 << 20)?,
+            history_bytes_total: env
+                .positive_or("CONFAB_GATEWAY_HISTORY_BYTES_TOTAL", 512 << 20)?,
             history_ttl: env.secs_or("CONFAB_GATEWAY_HISTORY_TTL_SECS", Duration::ZERO)?,
             room_idle: env.secs_or("CONFAB_GATEWAY_ROOM_IDLE_SECS", Duration::from_secs(3600))?,
             prefill_records: env.parse_or("CONFAB_GATEWAY_PREFILL_RECORDS", 20_000)?,
@@ -103,6 +135,9 @@ impl Config {
             publish_burst: env.parse_or("CONFAB_GATEWAY_PUBLISH_BURST", 40.0)?,
             user_publish_rate: env.parse_or("CONFAB_GATEWAY_USER_PUBLISH_RATE", 20.0)?,
             user_publish_burst: env.parse_or("CONFAB_GATEWAY_USER_PUBLISH_BURST", 40)?,
+            max_costly_per_message: env.positive_or("CONFAB_GATEWAY_MAX_COSTLY_PER_MESSAGE", 16)?,
+            costly_rate: env.parse_or("CONFAB_GATEWAY_COSTLY_RATE", 20.0)?,
+            max_reply_bytes: env.positive_or("CONFAB_GATEWAY_MAX_REPLY_BYTES", 2 << 20)?,
             max_publish_bytes: env.parse_or("CONFAB_GATEWAY_MAX_PUBLISH_BYTES", 16 * 1024)?,
             shutdown_grace: env.secs_or(
                 "CONFAB_GATEWAY_SHUTDOWN_GRACE_SECS",

@@ -15,10 +15,21 @@
 //! partition" and "the newest publication evicted from the window". The epoch
 //! is the partition's incarnation; when it changes, the rooms of that
 //! partition start over.
+//!
+//! Presence covers every gateway: the hub tells the presence writer
+//! ([`crate::kafka::signals`]) about its own subscribers, and keeps, per
+//! room, the subscribers other instances announce ([`Hub::remote_join`]).
+//! Join and leave pushes go only to subscribers that asked for them
+//! (`join_leave` in subscribe), as in Centrifugo.
+//!
+//! Memory: a window is bounded in entries, age, and bytes, per room
+//! ([`HubConfig::history_bytes_per_room`]) and across all rooms
+//! ([`HubConfig::history_bytes_total`]). Evicting moves the room's floor, so
+//! recovery never claims what was dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use confab_common::position::{Base, Position};
@@ -28,6 +39,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::kafka::signals::Local;
 use crate::metrics as m;
 use crate::protocol::{self, unsubscribe_codes, Disconnect};
 
@@ -128,6 +140,14 @@ struct Sub {
     /// Positions up to this one were already delivered (by recovery on a
     /// gateway that had read further); they are not pushed again.
     skip_until: u64,
+    /// Whether it asked for join and leave pushes.
+    join_leave: bool,
+}
+
+/// A subscriber on another gateway instance, as it announced itself.
+struct Remote {
+    user: Uuid,
+    info: Bytes,
 }
 
 struct Room {
@@ -137,8 +157,12 @@ struct Room {
     /// The newest position evicted from the window, or 0.
     evicted: u64,
     subs: HashMap<u64, Sub>,
+    /// Subscribers of other instances: (instance, client id).
+    remote: HashMap<(Uuid, String), Remote>,
     /// Users whose latest membership record is `member_left`.
     departed: HashSet<Uuid>,
+    /// Bytes of the publications in `window`.
+    bytes: usize,
 }
 
 /// Per-partition progress of this instance's consumer, in positions.
@@ -183,6 +207,23 @@ pub struct HubConfig {
     pub history_size: usize,
     /// Publications older than this are dropped from windows (0 = never).
     pub history_ttl_ms: i64,
+    /// Publication bytes kept per room.
+    pub history_bytes_per_room: usize,
+    /// Publication bytes kept across every room of this instance.
+    pub history_bytes_total: usize,
+}
+
+impl HubConfig {
+    /// Windows of `history_size` entries with the default byte caps.
+    pub fn with_size(partitions: usize, history_size: usize) -> Self {
+        Self {
+            partitions,
+            history_size,
+            history_ttl_ms: 0,
+            history_bytes_per_room: 2 << 20,
+            history_bytes_total: 512 << 20,
+        }
+    }
 }
 
 /// The result of a subscribe.
@@ -227,6 +268,11 @@ pub struct Hub {
     partitions: Vec<PartitionState>,
     config: HubConfig,
     next_sub: AtomicU64,
+    /// Bytes held by every window.
+    window_bytes: AtomicUsize,
+    /// Where this instance's own subscribers are announced to the others
+    /// (unset: a single instance, or tests).
+    presence: OnceLock<tokio::sync::mpsc::UnboundedSender<Local>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -249,26 +295,52 @@ impl Room {
             window: VecDeque::new(),
             evicted: 0,
             subs: HashMap::new(),
+            remote: HashMap::new(),
             departed: HashSet::new(),
+            bytes: 0,
         }
     }
 
-    fn expire(&mut self, size: usize, ttl_ms: i64, now: i64) {
-        while self.window.len() > size
+    /// Drops the oldest entry; returns its size.
+    fn pop(&mut self) -> Option<usize> {
+        let e = self.window.pop_front()?;
+        self.evicted = self.evicted.max(e.offset);
+        self.bytes -= e.publication.len();
+        Some(e.publication.len())
+    }
+
+    /// Drops entries beyond the count, age and byte caps; returns the bytes
+    /// freed.
+    fn expire(&mut self, config: &HubConfig, now: i64) -> usize {
+        let ttl_ms = config.history_ttl_ms;
+        let mut freed = 0;
+        while self.window.len() > config.history_size
+            || self.bytes > config.history_bytes_per_room
             || (ttl_ms > 0 && self.window.front().is_some_and(|e| e.ts_ms < now - ttl_ms))
         {
-            if let Some(e) = self.window.pop_front() {
-                self.evicted = self.evicted.max(e.offset);
+            match self.pop() {
+                Some(n) => freed += n,
+                None => break,
             }
         }
+        freed
+    }
+
+    fn clear(&mut self) -> usize {
+        let freed = self.bytes;
+        self.window.clear();
+        self.bytes = 0;
+        self.evicted = 0;
+        freed
     }
 
     fn last(&self) -> u64 {
         self.window.back().map_or(0, |e| e.offset)
     }
 
-    fn broadcast(&self, bytes: &Bytes) {
-        for sub in self.subs.values() {
+    /// Sends a join or leave push to the subscribers that asked for them.
+    fn announce(&self, bytes: &Bytes) {
+        for sub in self.subs.values().filter(|s| s.join_leave) {
             sub.peer.offer(Outbound::Push(bytes.clone()));
         }
     }
@@ -283,6 +355,31 @@ impl Hub {
                 .collect(),
             config,
             next_sub: AtomicU64::new(1),
+            window_bytes: AtomicUsize::new(0),
+            presence: OnceLock::new(),
+        }
+    }
+
+    /// Announces this instance's subscribers to the others through `tx`
+    /// from now on.
+    pub(crate) fn set_presence_sink(&self, tx: tokio::sync::mpsc::UnboundedSender<Local>) {
+        let _ = self.presence.set(tx);
+    }
+
+    fn tell(&self, event: Local) {
+        if let Some(tx) = self.presence.get() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Bytes held by every window of this instance.
+    pub fn window_bytes(&self) -> usize {
+        self.window_bytes.load(Ordering::Acquire)
+    }
+
+    fn freed(&self, n: usize) {
+        if n > 0 {
+            self.window_bytes.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -307,8 +404,8 @@ impl Hub {
             for shard in &self.shards {
                 let mut rooms = shard.lock().unwrap_or_else(|e| e.into_inner());
                 for room in rooms.values_mut().filter(|r| r.partition == partition) {
-                    room.window.clear();
-                    room.evicted = 0;
+                    let freed = room.clear();
+                    self.freed(freed);
                 }
             }
         }
@@ -341,12 +438,24 @@ impl Hub {
                 .or_insert_with(|| Room::new(record.room_id, partition));
             room.partition = partition;
             let push = protocol::encode_pub_push(&room.channel, &publication);
+            let size = publication.len();
+            room.bytes += size;
             room.window.push_back(Entry {
                 offset,
                 ts_ms: record.ts_ms,
                 publication,
             });
-            room.expire(self.config.history_size, self.config.history_ttl_ms, now);
+            let total = self.window_bytes.fetch_add(size, Ordering::AcqRel) + size;
+            let mut freed = room.expire(&self.config, now);
+            // Over the instance's total: the room that grew gives back its
+            // oldest entries until the total fits (its floor moves with them).
+            while total - freed > self.config.history_bytes_total {
+                match room.pop() {
+                    Some(n) => freed += n,
+                    None => break,
+                }
+            }
+            self.freed(freed);
             let mut delivered = 0u64;
             for sub in room.subs.values() {
                 if offset <= sub.skip_until {
@@ -408,19 +517,24 @@ impl Hub {
                     sub_id: id,
                     push: push.clone(),
                 });
-                room.broadcast(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
+                room.announce(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
+                self.tell(Local::Leave {
+                    room: room_id_of(&room.channel),
+                    client: sub.peer.client.clone(),
+                });
             }
         }
     }
 
     /// Adds a subscriber to `room`, recovering from `recover` (offset and
-    /// epoch) when asked. Join pushes go to every subscriber, this one
-    /// included, after its reply.
+    /// epoch) when asked. Join pushes go to the subscribers that asked for
+    /// them (`join_leave`), this one included, after its reply.
     pub fn subscribe(
         &self,
         room_id: Uuid,
         peer: &Arc<Peer>,
         recover: Option<(u64, &str)>,
+        join_leave: bool,
     ) -> Subscribed {
         let now = now_ms();
         let partition = self.partition_of(room_id);
@@ -428,7 +542,8 @@ impl Hub {
         let room = shard
             .entry(room_id)
             .or_insert_with(|| Room::new(room_id, partition));
-        room.expire(self.config.history_size, self.config.history_ttl_ms, now);
+        let freed = room.expire(&self.config, now);
+        self.freed(freed);
         let part = &self.partitions[room.partition];
         let top = part.top.load(Ordering::Acquire);
         let mut position = top.max(room.last());
@@ -476,10 +591,17 @@ impl Hub {
             Sub {
                 peer: Arc::clone(peer),
                 skip_until,
+                join_leave,
             },
         );
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
-        room.broadcast(&protocol::encode_join_push(&room.channel, &peer.info));
+        room.announce(&protocol::encode_join_push(&room.channel, &peer.info));
+        self.tell(Local::Join {
+            room: room_id,
+            client: peer.client.clone(),
+            user: peer.user,
+            info: peer.info.clone(),
+        });
         out
     }
 
@@ -506,12 +628,13 @@ impl Hub {
             let mut rooms = shard.lock().unwrap_or_else(|e| e.into_inner());
             rooms.retain(|_, room| {
                 let newest = room.window.back().map_or(i64::MIN, |e| e.ts_ms);
-                let idle = room.subs.is_empty() && newest < now - idle_ms;
+                let idle = room.subs.is_empty() && room.remote.is_empty() && newest < now - idle_ms;
                 if idle {
                     let last = room.last().max(room.evicted);
                     if let Some(p) = self.partitions.get(room.partition) {
                         p.floor.fetch_max(last, Ordering::AcqRel);
                     }
+                    self.freed(room.bytes);
                     dropped += 1;
                 }
                 !idle
@@ -538,31 +661,145 @@ impl Hub {
             return false;
         };
         metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-        room.broadcast(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
+        room.announce(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
+        self.tell(Local::Leave {
+            room: room_id,
+            client: sub.peer.client.clone(),
+        });
         true
     }
 
-    /// The room's connected subscribers on this instance: (client id, info).
+    /// The room's connected subscribers on every instance: (client id, info).
     pub fn presence(&self, room_id: Uuid) -> Vec<(String, Bytes)> {
         let shard = self.shard(room_id);
         shard.get(&room_id).map_or_else(Vec::new, |room| {
             room.subs
                 .values()
                 .map(|s| (s.peer.client.clone(), s.peer.info.clone()))
+                .chain(
+                    room.remote
+                        .iter()
+                        .map(|((_, client), r)| (client.clone(), r.info.clone())),
+                )
                 .collect()
         })
     }
 
-    /// (clients, distinct users) subscribed to the room on this instance.
+    /// (clients, distinct users) subscribed to the room on every instance.
     pub fn presence_stats(&self, room_id: Uuid) -> (usize, usize) {
         let shard = self.shard(room_id);
         shard.get(&room_id).map_or((0, 0), |room| {
-            let mut users: Vec<Uuid> = room.subs.values().map(|s| s.peer.user).collect();
+            let mut users: Vec<Uuid> = room
+                .subs
+                .values()
+                .map(|s| s.peer.user)
+                .chain(room.remote.values().map(|r| r.user))
+                .collect();
             let clients = users.len();
             users.sort_unstable();
             users.dedup();
             (clients, users.len())
         })
+    }
+
+    /// A subscriber of instance `gateway` joined `room_id`.
+    pub(crate) fn remote_join(
+        &self,
+        room_id: Uuid,
+        gateway: Uuid,
+        client: &str,
+        user: Uuid,
+        info: Bytes,
+    ) {
+        let partition = self.partition_of(room_id);
+        let mut shard = self.shard(room_id);
+        let room = shard
+            .entry(room_id)
+            .or_insert_with(|| Room::new(room_id, partition));
+        let push = protocol::encode_join_push(&room.channel, &info);
+        if room
+            .remote
+            .insert((gateway, client.to_owned()), Remote { user, info })
+            .is_none()
+        {
+            room.announce(&push);
+        }
+    }
+
+    /// This instance's subscriber `client` of `room_id`, if it still is:
+    /// (user, info).
+    pub(crate) fn local_subscriber(&self, room_id: Uuid, client: &str) -> Option<(Uuid, Bytes)> {
+        let shard = self.shard(room_id);
+        shard.get(&room_id).and_then(|room| {
+            room.subs
+                .values()
+                .find(|s| s.peer.client == client)
+                .map(|s| (s.peer.user, s.peer.info.clone()))
+        })
+    }
+
+    /// A subscriber of instance `gateway` left `room_id`.
+    pub(crate) fn remote_leave(&self, room_id: Uuid, gateway: Uuid, client: &str) {
+        let mut shard = self.shard(room_id);
+        let Some(room) = shard.get_mut(&room_id) else {
+            return;
+        };
+        if let Some(r) = room.remote.remove(&(gateway, client.to_owned())) {
+            room.announce(&protocol::encode_leave_push(&room.channel, &r.info));
+        }
+    }
+
+    /// Instance `gateway` is gone: its subscribers leave every room. Returns
+    /// them, (room, client id).
+    pub(crate) fn remote_gone(&self, gateway: Uuid) -> Vec<(Uuid, String)> {
+        let mut gone = Vec::new();
+        for shard in &self.shards {
+            let mut rooms = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, room) in rooms.iter_mut() {
+                let keys: Vec<(Uuid, String)> = room
+                    .remote
+                    .keys()
+                    .filter(|(g, _)| *g == gateway)
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    if let Some(r) = room.remote.remove(&key) {
+                        room.announce(&protocol::encode_leave_push(&room.channel, &r.info));
+                        gone.push((*id, key.1));
+                    }
+                }
+            }
+        }
+        gone
+    }
+
+    /// Asks that the room's subscribers on every instance be told that
+    /// `user` is typing (through the presence topic when there is one).
+    pub(crate) fn typing_request(&self, room_id: Uuid, user: Uuid, username: &str) {
+        match self.presence.get() {
+            Some(tx) => {
+                let _ = tx.send(Local::Typing {
+                    room: room_id,
+                    user,
+                    username: username.to_owned(),
+                });
+            }
+            None => self.typing(room_id, user, username),
+        }
+    }
+
+    /// Tells this instance's subscribers of the room, except `user`'s own
+    /// connections, that `user` is typing: a publication with no offset,
+    /// never stored.
+    pub(crate) fn typing(&self, room_id: Uuid, user: Uuid, username: &str) {
+        let shard = self.shard(room_id);
+        let Some(room) = shard.get(&room_id) else {
+            return;
+        };
+        let push = protocol::encode_typing_push(&room.channel, &user.to_string(), username);
+        for sub in room.subs.values().filter(|s| s.peer.user != user) {
+            sub.peer.offer(Outbound::Push(push.clone()));
+        }
     }
 
     /// The current position of a room (what a subscribe reply would say).
@@ -592,7 +829,8 @@ impl Hub {
         let room = shard
             .entry(room_id)
             .or_insert_with(|| Room::new(room_id, partition));
-        room.expire(self.config.history_size, self.config.history_ttl_ms, now);
+        let freed = room.expire(&self.config, now);
+        self.freed(freed);
         let part = &self.partitions[room.partition];
         let position = part.top.load(Ordering::Acquire).max(room.last());
         let epoch = part.epoch();
@@ -682,11 +920,7 @@ mod tests {
     }
 
     fn hub(size: usize) -> Hub {
-        let h = Hub::new(HubConfig {
-            partitions: 1,
-            history_size: size,
-            history_ttl_ms: 0,
-        });
+        let h = Hub::new(HubConfig::with_size(1, size));
         h.init_partition(0, B, B.floor(), B.floor());
         h
     }
@@ -748,7 +982,7 @@ mod tests {
             &record(other, Uuid::new_v4(), RecordKind::Message, "b"),
         );
         let (p, mut rx) = peer(Uuid::new_v4(), 16);
-        let s = h.subscribe(room, &p, None);
+        let s = h.subscribe(room, &p, None, true);
         assert_eq!(s.offset, w(1), "position is the partition top");
         assert_eq!(s.epoch, B.epoch().as_str());
         h.deliver(
@@ -776,7 +1010,7 @@ mod tests {
         }
         let (p, _rx) = peer(Uuid::new_v4(), 16);
         // Window holds 3,4,5; evicted up to 2.
-        let s = h.subscribe(room, &p, Some((w(2), B.epoch().as_str())));
+        let s = h.subscribe(room, &p, Some((w(2), B.epoch().as_str())), true);
         assert!(s.recovered && s.was_recovering);
         let offs: Vec<i64> = s
             .publications
@@ -790,14 +1024,14 @@ mod tests {
             .collect();
         assert_eq!(offs, vec![3, 4, 5]);
         assert_eq!(s.offset, w(5));
-        let s = h.subscribe(room, &p, Some((w(1), B.epoch().as_str())));
+        let s = h.subscribe(room, &p, Some((w(1), B.epoch().as_str())), true);
         assert!(
             !s.recovered && s.publications.is_empty(),
             "outside the window"
         );
-        let s = h.subscribe(room, &p, Some((w(4), "other")));
+        let s = h.subscribe(room, &p, Some((w(4), "other")), true);
         assert!(!s.recovered, "epoch mismatch");
-        let s = h.subscribe(room, &p, Some((w(5), B.epoch().as_str())));
+        let s = h.subscribe(room, &p, Some((w(5), B.epoch().as_str())), true);
         assert!(s.recovered && s.publications.is_empty());
     }
 
@@ -814,14 +1048,14 @@ mod tests {
         }
         let old_epoch = B.epoch();
         let (p, _rx) = peer(Uuid::new_v4(), 16);
-        let s = h.subscribe(room, &p, Some((w(0), old_epoch.as_str())));
+        let s = h.subscribe(room, &p, Some((w(0), old_epoch.as_str())), true);
         assert!(s.recovered && s.publications.len() == 2);
         assert!(h.unsubscribe(room, s.sub_id));
 
         // The topic was created again: offsets start at 0 on a higher base.
         let new = Base(1_000_000);
         h.init_partition(0, new, new.floor(), new.floor());
-        let s = h.subscribe(room, &p, Some((w(2), old_epoch.as_str())));
+        let s = h.subscribe(room, &p, Some((w(2), old_epoch.as_str())), true);
         assert!(!s.recovered, "an old epoch never recovers");
         assert!(s.publications.is_empty());
         assert_eq!(s.epoch, new.epoch());
@@ -854,7 +1088,7 @@ mod tests {
             &record(room, Uuid::new_v4(), RecordKind::Message, "x"),
         );
         let (p, mut rx) = peer(Uuid::new_v4(), 16);
-        let s = h.subscribe(room, &p, Some((w(6), B.epoch().as_str())));
+        let s = h.subscribe(room, &p, Some((w(6), B.epoch().as_str())), true);
         assert!(s.recovered);
         assert_eq!(s.offset, w(6));
         h.deliver(
@@ -874,7 +1108,7 @@ mod tests {
             .collect();
         assert_eq!(offs, vec![7]);
         // Beyond the broker's end: not recoverable.
-        let s = h.subscribe(room, &p, Some((w(50), B.epoch().as_str())));
+        let s = h.subscribe(room, &p, Some((w(50), B.epoch().as_str())), true);
         assert!(!s.recovered);
     }
 
@@ -885,8 +1119,8 @@ mod tests {
         let leaver = Uuid::new_v4();
         let (a, mut arx) = peer(leaver, 16);
         let (b, mut brx) = peer(Uuid::new_v4(), 16);
-        let sa = h.subscribe(room, &a, None);
-        h.subscribe(room, &b, None);
+        let sa = h.subscribe(room, &a, None, true);
+        h.subscribe(room, &b, None, true);
         drain(&mut arx);
         drain(&mut brx);
         h.deliver(0, at(0), &record(room, leaver, RecordKind::MemberLeft, ""));
@@ -926,8 +1160,8 @@ mod tests {
         let room = Uuid::new_v4();
         let (slow, _srx) = peer(Uuid::new_v4(), 2);
         let (fast, mut frx) = peer(Uuid::new_v4(), 64);
-        h.subscribe(room, &slow, None);
-        h.subscribe(room, &fast, None);
+        h.subscribe(room, &slow, None, true);
+        h.subscribe(room, &fast, None, true);
         for o in 0..5 {
             h.deliver(
                 0,
@@ -1000,7 +1234,7 @@ mod tests {
         let idle = Uuid::new_v4();
         let busy = Uuid::new_v4();
         let (p, _rx) = peer(Uuid::new_v4(), 16);
-        h.subscribe(busy, &p, None);
+        h.subscribe(busy, &p, None, true);
         for (o, room) in [(0, idle), (1, busy), (2, idle)] {
             let mut r = record(room, Uuid::new_v4(), RecordKind::Message, "m");
             if room == idle {
@@ -1014,10 +1248,10 @@ mod tests {
         // not claim success with nothing; from after it, it may.
         let (q, _qrx) = peer(Uuid::new_v4(), 16);
         assert!(
-            !h.subscribe(idle, &q, Some((w(1), B.epoch().as_str())))
+            !h.subscribe(idle, &q, Some((w(1), B.epoch().as_str())), true)
                 .recovered
         );
-        let r = h.subscribe(idle, &q, Some((w(2), B.epoch().as_str())));
+        let r = h.subscribe(idle, &q, Some((w(2), B.epoch().as_str())), true);
         assert!(r.recovered && r.publications.is_empty());
     }
 
@@ -1034,15 +1268,148 @@ mod tests {
             );
         }
         let (p, _rx) = peer(Uuid::new_v4(), 16);
-        let r = h.subscribe(room, &p, Some((w(0), B.epoch().as_str())));
+        let r = h.subscribe(room, &p, Some((w(0), B.epoch().as_str())), true);
         assert!(
             !r.recovered,
             "59 x 15 KB is over the budget: fall back to REST"
         );
-        let r = h.subscribe(room, &p, Some((w(50), B.epoch().as_str())));
+        let r = h.subscribe(room, &p, Some((w(50), B.epoch().as_str())), true);
         assert!(r.recovered && r.publications.len() == 9);
         let hist = h.history(room, -1, None, false).unwrap();
         let total: usize = hist.publications.iter().map(Bytes::len).sum();
         assert!(total <= MAX_REPLY_PUBLICATION_BYTES && hist.publications.len() > 30);
+    }
+
+    #[test]
+    fn windows_are_capped_in_bytes_per_room_and_in_total() {
+        let mut config = HubConfig::with_size(1, 1000);
+        config.history_bytes_per_room = 50_000;
+        config.history_bytes_total = 120_000;
+        let h = Hub::new(config);
+        h.init_partition(0, B, B.floor(), B.floor());
+        let big = "x".repeat(10_000);
+        let rooms: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let mut o = 0;
+        for _ in 0..10 {
+            for &room in &rooms {
+                h.deliver(
+                    0,
+                    at(o),
+                    &record(room, Uuid::new_v4(), RecordKind::Message, &big),
+                );
+                o += 1;
+                assert!(h.window_bytes() <= 120_000, "{}", h.window_bytes());
+            }
+        }
+        for &room in &rooms {
+            let held: usize = h
+                .history(room, -1, None, false)
+                .unwrap()
+                .publications
+                .iter()
+                .map(Bytes::len)
+                .sum();
+            assert!(held <= 50_000, "{held}");
+        }
+        assert!(
+            h.window_bytes() > 80_000,
+            "the caps keep what fits: {}",
+            h.window_bytes()
+        );
+        // What was evicted is not recoverable; what is held is.
+        let (p, _rx) = peer(Uuid::new_v4(), 16);
+        assert!(
+            !h.subscribe(rooms[0], &p, Some((w(0), B.epoch().as_str())), false)
+                .recovered
+        );
+        let last = w(o - 4);
+        let r = h.subscribe(rooms[0], &p, Some((last - 1, B.epoch().as_str())), false);
+        assert!(r.recovered && r.publications.len() == 1);
+        // A new incarnation and the sweep give the bytes back.
+        h.init_partition(
+            0,
+            Base(9_000_000),
+            Base(9_000_000).floor(),
+            Base(9_000_000).floor(),
+        );
+        assert_eq!(h.window_bytes(), 0);
+    }
+
+    #[test]
+    fn join_and_leave_pushes_go_only_to_who_asked() {
+        let h = hub(10);
+        let room = Uuid::new_v4();
+        let (quiet, mut qrx) = peer(Uuid::new_v4(), 16);
+        let (loud, mut lrx) = peer(Uuid::new_v4(), 16);
+        h.subscribe(room, &quiet, None, false);
+        h.subscribe(room, &loud, None, true);
+        let (third, _trx) = peer(Uuid::new_v4(), 16);
+        let s = h.subscribe(room, &third, None, false);
+        h.unsubscribe(room, s.sub_id);
+        assert!(drain(&mut qrx).is_empty());
+        let got = drain(&mut lrx);
+        assert!(got[0]["push"]["join"].is_object(), "its own join");
+        assert!(got[1]["push"]["join"].is_object());
+        assert!(got[2]["push"]["leave"].is_object());
+        assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn presence_covers_other_instances_until_they_are_gone() {
+        let h = hub(10);
+        let room = Uuid::new_v4();
+        let (me, mut rx) = peer(Uuid::new_v4(), 16);
+        h.subscribe(room, &me, None, true);
+        drain(&mut rx);
+        let (g1, g2) = (Uuid::new_v4(), Uuid::new_v4());
+        let (u1, u2) = (Uuid::new_v4(), Uuid::new_v4());
+        let info = |u: Uuid| protocol::encode_client_info(&u.to_string(), "c", "x");
+        h.remote_join(room, g1, "c1", u1, info(u1));
+        h.remote_join(room, g1, "c1", u1, info(u1));
+        h.remote_join(room, g1, "c2", u1, info(u1));
+        h.remote_join(room, g2, "c3", u2, info(u2));
+        assert_eq!(h.presence_stats(room), (4, 3));
+        assert_eq!(h.presence(room).len(), 4);
+        let joins = drain(&mut rx);
+        assert_eq!(joins.len(), 3, "a repeated announcement is not a new join");
+        h.remote_leave(room, g2, "c3");
+        assert_eq!(h.presence_stats(room), (3, 2));
+        let gone = h.remote_gone(g1);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(h.presence_stats(room), (1, 1));
+        let leaves = drain(&mut rx);
+        assert_eq!(leaves.len(), 3);
+        assert!(leaves.iter().all(|v| v["push"]["leave"].is_object()));
+        // Rooms with remote subscribers are not swept.
+        let quiet = Uuid::new_v4();
+        h.remote_join(quiet, g2, "c9", u2, info(u2));
+        h.sweep(-1);
+        assert_eq!(h.presence_stats(quiet), (1, 1));
+    }
+
+    #[test]
+    fn typing_reaches_the_others_but_not_the_typist() {
+        let h = hub(10);
+        let room = Uuid::new_v4();
+        let typist = Uuid::new_v4();
+        let (a, mut arx) = peer(typist, 16);
+        let (b, mut brx) = peer(Uuid::new_v4(), 16);
+        h.subscribe(room, &a, None, false);
+        h.subscribe(room, &b, None, false);
+        h.typing_request(room, typist, "ann");
+        assert!(drain(&mut arx).is_empty());
+        let got = drain(&mut brx);
+        assert_eq!(got[0]["push"]["pub"]["data"]["type"], "typing");
+        assert_eq!(
+            got[0]["push"]["pub"]["data"]["user"]["id"],
+            typist.to_string()
+        );
+        assert!(
+            h.history(room, -1, None, false)
+                .unwrap()
+                .publications
+                .is_empty(),
+            "never stored"
+        );
     }
 }

@@ -9,12 +9,15 @@
 //! A message's path through this crate:
 //! - `server.rs` accepts the socket and upgrades it;
 //! - `connection.rs` turns frames into typed commands, and writes frames;
-//! - `session.rs` runs the protocol: `Session::publish` produces the record
+//! - `session/mod.rs` runs the protocol: `Session::publish` produces the record
 //!   through the `Publisher` of `kafka/mod.rs` and answers on the broker's ack;
 //! - `kafka/consumer.rs` reads every partition of the topic's layout and
 //!   hands each record to [`hub`], whose `Hub::deliver` stores it in the
 //!   room's window and fans its push bytes, encoded once, out to every
 //!   subscriber's bounded queue.
+//!
+//! Presence and typing cross instances through a compacted presence topic
+//! (`kafka/signals.rs`).
 //!
 //! A record's position comes from its Kafka offset and its partition's
 //! incarnation ([`confab_common::position`]), so all instances, the REST
@@ -61,6 +64,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub enum GatewayError {
     #[error("kafka client: {0}")]
     KafkaClient(#[from] rdkafka::error::KafkaError),
+    #[error("kafka setup: {0}")]
+    KafkaSetup(#[from] confab_common::kafka::KafkaError),
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then drains:
@@ -95,7 +100,16 @@ pub async fn run(
         partitions,
         history_size: config.history_size,
         history_ttl_ms: config.history_ttl.as_millis() as i64,
+        history_bytes_per_room: config.history_bytes_per_room,
+        history_bytes_total: config.history_bytes_total,
     }));
+    // Presence across instances; stopped after the connections, so that
+    // their leaves are written.
+    let signals_stop = CancellationToken::new();
+    let signals =
+        kafka::signals::start(&config.kafka, Arc::clone(&hub), signals_stop.clone()).await?;
+    // Stops them too when this function returns early with an error.
+    let _signals_guard = signals_stop.clone().drop_guard();
     let publisher = kafka::KafkaPublisher::new(
         RoomProducer::new(&config.kafka, layout.clone())?,
         partitions,
@@ -155,6 +169,8 @@ pub async fn run(
     confab_common::shutdown::drain(&gw.tracker, grace).await;
     let publisher = Arc::clone(&gw.publisher);
     let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
+    signals_stop.cancel();
+    signals.stopped().await;
     kafka_stop.cancel();
     let _ = consumer.task.await;
     let _ = watcher.await;
@@ -176,5 +192,6 @@ async fn sweep(hub: Arc<hub::Hub>, idle: Duration, stop: CancellationToken) {
             tracing::debug!(dropped, "idle rooms dropped");
         }
         ::metrics::gauge!(metrics::ROOMS).set(hub.rooms() as f64);
+        ::metrics::gauge!(metrics::WINDOW_BYTES).set(hub.window_bytes() as f64);
     }
 }

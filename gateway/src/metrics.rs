@@ -15,12 +15,23 @@ pub(crate) const BAD_RECORDS: &str = "confab_gateway_bad_records_total";
 pub(crate) const ROOMS: &str = "confab_gateway_rooms";
 pub(crate) const REJECTED_CONNECTIONS: &str = "confab_gateway_rejected_connections_total";
 pub(crate) const INCARNATION_CHANGES: &str = "confab_gateway_incarnation_changes_total";
+pub(crate) const COSTLY_REFUSED: &str = "confab_gateway_costly_commands_refused_total";
+pub(crate) const PRESENCE_DROPPED: &str = "confab_gateway_presence_records_dropped_total";
+pub(crate) const WINDOW_BYTES: &str = "confab_gateway_window_bytes";
+pub(crate) const REMOTE_GATEWAYS: &str = "confab_gateway_remote_gateways";
 
 /// Registers HELP text for every gateway metric and makes the gauges and
 /// counters visible before their first change.
 pub(crate) fn describe() {
     describe_only();
-    for g in [CONNECTIONS, SUBSCRIPTIONS, CONSUMER_LAG, ROOMS] {
+    for g in [
+        CONNECTIONS,
+        SUBSCRIPTIONS,
+        CONSUMER_LAG,
+        ROOMS,
+        WINDOW_BYTES,
+        REMOTE_GATEWAYS,
+    ] {
         metrics::gauge!(g).increment(0.0);
     }
     for c in [
@@ -32,6 +43,7 @@ pub(crate) fn describe() {
         RECORDS_CONSUMED,
         BAD_RECORDS,
         INCARNATION_CHANGES,
+        PRESENCE_DROPPED,
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -39,6 +51,23 @@ pub(crate) fn describe() {
 
 fn describe_only() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        COSTLY_REFUSED,
+        "Subscribe, history and presence commands refused by the per-message or per-second limits."
+    );
+    describe_counter!(
+        PRESENCE_DROPPED,
+        "Presence and typing records this instance could not queue for the presence topic."
+    );
+    describe_gauge!(
+        WINDOW_BYTES,
+        Unit::Bytes,
+        "Publication bytes held in recovery windows."
+    );
+    describe_gauge!(
+        REMOTE_GATEWAYS,
+        "Other gateway instances heard from on the presence topic."
+    );
     describe_gauge!(
         CONNECTIONS,
         "Open WebSocket connections that completed connect."

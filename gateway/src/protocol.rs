@@ -144,7 +144,7 @@ pub struct Command {
     history: Option<HistoryRequest>,
     ping: Option<IgnoredAny>,
     send: Option<IgnoredAny>,
-    rpc: Option<IgnoredAny>,
+    rpc: Option<RpcRequest>,
     refresh: Option<RefreshRequest>,
     sub_refresh: Option<SubRefreshRequest>,
 }
@@ -212,6 +212,14 @@ pub struct HistoryRequest {
     pub reverse: bool,
 }
 
+/// `rpc`: a method and its data, kept raw.
+#[derive(Debug, Deserialize)]
+pub struct RpcRequest {
+    #[serde(default)]
+    pub method: String,
+    pub data: Option<Box<RawValue>>,
+}
+
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct RefreshRequest {
     #[serde(default)]
@@ -244,8 +252,8 @@ pub enum Request {
     Pong,
     /// `send` (async message); this server has no handler and ignores it.
     Send,
-    /// `rpc`; this server has none, so it answers 104.
-    Rpc,
+    /// `rpc`: `typing` is the one method; any other answers 104.
+    Rpc(RpcRequest),
 }
 
 impl Command {
@@ -270,8 +278,8 @@ impl Command {
             Request::Ping
         } else if self.send.is_some() {
             Request::Send
-        } else if self.rpc.is_some() {
-            Request::Rpc
+        } else if let Some(r) = self.rpc {
+            Request::Rpc(r)
         } else if let Some(r) = self.refresh {
             Request::Refresh(r)
         } else if let Some(r) = self.sub_refresh {
@@ -400,6 +408,21 @@ pub fn encode_leave_push(channel: &str, info: &[u8]) -> Bytes {
     b.put_slice(info);
     b.put_slice(b"}}}");
     b.freeze()
+}
+
+/// A typing signal: `{"push":{"channel":"..","pub":{"data":{"type":"typing",
+/// "user":{"id":"..","username":".."}},"info":{..}}}}`, a publication with no
+/// offset (never stored, never recovered).
+pub fn encode_typing_push(channel: &str, user: &str, username: &str) -> Bytes {
+    let mut publication = Vec::with_capacity(160);
+    publication.extend_from_slice(b"{\"data\":{\"type\":\"typing\",\"user\":{\"id\":");
+    push_json_str(&mut publication, user);
+    publication.extend_from_slice(b",\"username\":");
+    push_json_str(&mut publication, username);
+    publication.extend_from_slice(b"}},\"info\":");
+    publication.extend_from_slice(&encode_client_info(user, "", username));
+    publication.push(b'}');
+    encode_pub_push(channel, &publication)
 }
 
 /// `{"push":{"channel":"..","unsubscribe":{"code":N,"reason":".."}}}`.
@@ -650,10 +673,23 @@ mod tests {
         assert!(matches!(one(r#"{"ping":{},"id":12}"#).1, Request::Ping));
         assert!(matches!(
             one(r#"{"rpc":{"method":"m","data":{}},"id":13}"#).1,
-            Request::Rpc
+            Request::Rpc(r) if r.method == "m" && r.data.is_some()
         ));
         assert!(matches!(one(r#"{"send":{"data":{}}}"#).1, Request::Send));
         assert!(matches!(one("{}"), (0, Request::Pong)));
+    }
+
+    #[test]
+    fn typing_push_is_a_publication_without_offset() {
+        let b = encode_typing_push("room:x", "u1", "al\"ice");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let p = &v["push"]["pub"];
+        assert_eq!(v["push"]["channel"], "room:x");
+        assert_eq!(p["data"]["type"], "typing");
+        assert_eq!(p["data"]["user"]["id"], "u1");
+        assert_eq!(p["data"]["user"]["username"], "al\"ice");
+        assert_eq!(p["info"]["user"], "u1");
+        assert!(p.get("offset").is_none());
     }
 
     #[test]

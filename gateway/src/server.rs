@@ -1,6 +1,7 @@
 //! HTTP/1 with upgrades: `/connection/websocket`, `/healthz`, `/metrics`.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ pub(crate) async fn serve(gw: Gateway, listener: TcpListener) {
             () = gw.shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(err) => {
                 tracing::warn!(%err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -33,15 +34,15 @@ pub(crate) async fn serve(gw: Gateway, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
-        gw.tracker.spawn(serve_http(gw2, stream));
+        gw.tracker.spawn(serve_http(gw2, stream, peer.ip()));
     }
 }
 
-async fn serve_http(gw: Gateway, stream: TcpStream) {
+async fn serve_http(gw: Gateway, stream: TcpStream, peer: IpAddr) {
     let svc_gw = gw.clone();
     let svc = service_fn(move |req| {
         let gw = svc_gw.clone();
-        async move { Ok::<_, Infallible>(route(gw, req)) }
+        async move { Ok::<_, Infallible>(route(gw, req, peer)) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -66,9 +67,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
         .expect("static response is valid")
 }
 
-fn route(gw: Gateway, req: Request<Incoming>) -> Response<Body> {
+fn route(gw: Gateway, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/connection/websocket") => upgrade(gw, req),
+        (&Method::GET, "/connection/websocket") => upgrade(gw, req, peer),
         (&Method::GET, "/healthz") => {
             let ready = gw.ready.load(Ordering::Acquire) && gw.broker_up.load(Ordering::Acquire);
             confab_common::ops::Health::ok("gateway")
@@ -92,25 +93,55 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     }
 }
 
-/// One of the open sockets the connection cap counts; the count goes down
-/// when the connection task ends.
-pub(crate) struct SocketSlot(Gateway);
+/// The client's address: the TCP peer, or behind a trusted proxy the last
+/// `X-Forwarded-For` entry (the one the proxy added).
+pub(crate) fn client_addr(trust_proxy: bool, peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
+    if !trust_proxy {
+        return peer;
+    }
+    forwarded
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// One of the open sockets the connection caps count (in total and per
+/// address); the counts go down when the connection task ends.
+pub(crate) struct SocketSlot {
+    gw: Gateway,
+    ip: IpAddr,
+}
+
+/// Why a socket was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Total,
+    Address,
+}
 
 impl SocketSlot {
-    /// Takes a slot; returns it with the number of sockets open before.
-    pub(crate) fn take(gw: &Gateway) -> (Self, usize) {
+    /// Takes a slot for a socket from `ip`, within both caps.
+    pub(crate) fn take(gw: &Gateway, ip: IpAddr) -> Result<Self, Refused> {
+        if !gw.per_ip.try_add(ip, gw.config.max_connections_per_ip) {
+            return Err(Refused::Address);
+        }
+        let slot = Self { gw: gw.clone(), ip };
         let open = gw.sockets.fetch_add(1, Ordering::AcqRel);
-        (Self(gw.clone()), open)
+        if open >= gw.config.max_connections {
+            return Err(Refused::Total);
+        }
+        Ok(slot)
     }
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
-        self.0.sockets.fetch_sub(1, Ordering::AcqRel);
+        self.gw.sockets.fetch_sub(1, Ordering::AcqRel);
+        self.gw.per_ip.remove(&self.ip);
     }
 }
 
-fn upgrade(gw: Gateway, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade(gw: Gateway, mut req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return plain(StatusCode::BAD_REQUEST, "expected a websocket upgrade\n");
     }
@@ -125,14 +156,28 @@ fn upgrade(gw: Gateway, mut req: Request<Incoming>) -> Response<Body> {
     if gw.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let (slot, open) = SocketSlot::take(&gw);
-    if open >= gw.config.max_connections {
-        metrics::counter!(m::REJECTED_CONNECTIONS, "reason" => "limit").increment(1);
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached\n",
-        );
-    }
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = client_addr(gw.config.trust_proxy, peer, forwarded);
+    let slot = match SocketSlot::take(&gw, ip) {
+        Ok(slot) => slot,
+        Err(Refused::Total) => {
+            metrics::counter!(m::REJECTED_CONNECTIONS, "reason" => "limit").increment(1);
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection limit reached\n",
+            );
+        }
+        Err(Refused::Address) => {
+            metrics::counter!(m::REJECTED_CONNECTIONS, "reason" => "address").increment(1);
+            return plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address\n",
+            );
+        }
+    };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "bad websocket upgrade\n"),
@@ -149,7 +194,21 @@ fn upgrade(gw: Gateway, mut req: Request<Incoming>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::origin_allowed;
+    use super::{client_addr, origin_allowed};
+    use std::net::IpAddr;
+
+    #[test]
+    fn client_address_behind_a_trusted_proxy_only() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let xff = Some("1.2.3.4, 5.6.7.8");
+        assert_eq!(client_addr(false, peer, xff), peer, "not trusted: the peer");
+        assert_eq!(
+            client_addr(true, peer, xff),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_addr(true, peer, Some("junk")), peer);
+        assert_eq!(client_addr(true, peer, None), peer);
+    }
 
     #[test]
     fn origin_rules() {

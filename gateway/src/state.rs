@@ -1,8 +1,11 @@
 //! The state every connection shares: a cheap `Clone` handle around one
 //! `Arc<Inner>` (mini-redis `Db`).
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use confab_common::ratelimit::{Quota, RateLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -33,6 +36,41 @@ pub(crate) struct Inner {
     pub(crate) metrics: PrometheusHandle,
     /// Publications per user, across all of that user's connections.
     pub(crate) user_publishes: RateLimiter<Uuid>,
+    /// Open sockets per client address.
+    pub(crate) per_ip: Counts<IpAddr>,
+    /// Connected sessions per user.
+    pub(crate) per_user: Counts<Uuid>,
+}
+
+/// How many of something each key holds, with a cap.
+pub(crate) struct Counts<K>(Mutex<HashMap<K, usize>>);
+
+impl<K: Hash + Eq> Counts<K> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    /// Counts one more for `key` unless it already holds `max`.
+    pub(crate) fn try_add(&self, key: K, max: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Counts one less for `key`.
+    pub(crate) fn remove(&self, key: &K) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(key);
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for Gateway {
@@ -62,6 +100,8 @@ impl Gateway {
             broker_up,
             metrics,
             user_publishes: RateLimiter::new(),
+            per_ip: Counts::new(),
+            per_user: Counts::new(),
         }))
     }
 
@@ -74,5 +114,27 @@ impl Gateway {
     pub(crate) fn user_quota(&self) -> Quota {
         let c = &self.config;
         Quota::per_second(c.user_publish_rate, c.user_publish_burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    #[test]
+    fn counts_cap_each_key_and_free_on_remove() {
+        let c = Counts::new();
+        assert!(c.try_add("a", 2) && c.try_add("a", 2));
+        assert!(!c.try_add("a", 2), "the third is over the cap");
+        assert!(c.try_add("b", 2), "other keys are counted apart");
+        c.remove(&"a");
+        assert!(c.try_add("a", 2));
+        c.remove(&"a");
+        c.remove(&"a");
+        c.remove(&"a");
+        assert!(
+            c.0.lock().unwrap().get("a").is_none(),
+            "empty keys are forgotten"
+        );
     }
 }

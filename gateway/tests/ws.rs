@@ -781,3 +781,73 @@ async fn a_slow_consumer_is_disconnected_without_slowing_others() {
     drop(slow);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_socket() {
+    let kafka = test_topic(1).await;
+    let gw = start(
+        &kafka,
+        &[
+            ("CONFAB_GATEWAY_MAX_CONNECTIONS", "100"),
+            ("CONFAB_GATEWAY_MAX_CONNECTIONS_PER_IP", "2"),
+            ("CONFAB_GATEWAY_TRUST_PROXY", "true"),
+        ],
+    )
+    .await;
+    let first = ws_connect(gw.addr).await;
+    let _second = ws_connect(gw.addr).await;
+    assert!(
+        ws_connect_with(gw.addr, &[]).await.is_err(),
+        "a third socket from one address is refused"
+    );
+    // Behind a trusted proxy, the client address is the last X-Forwarded-For
+    // entry: other clients still get in.
+    let _proxied = ws_connect_with(gw.addr, &[("X-Forwarded-For", "203.0.113.9")])
+        .await
+        .expect("another address");
+    // A closed socket gives its place back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ws_connect_with(gw.addr, &[]).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_leave_pushes_only_for_who_asked() {
+    let kafka = test_topic(1).await;
+    let gw = start(&kafka, &[]).await;
+    let room = Uuid::new_v4();
+    let channel = confab_common::room_channel(room);
+    let keys = keys();
+    let id = Uuid::new_v4();
+    let mut quiet = ws_connect(gw.addr).await;
+    quiet.connect(&keys.issue_access(id, "quiet").0).await;
+    let r = quiet
+        .subscribe(&channel, &keys.issue_subscription(id, &channel).0)
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let mut loud = member(gw.addr, room).await;
+    let other = member(gw.addr, room).await;
+    drop(other);
+    let mut seen = 0;
+    while let Some(p) = loud.client.push_within(Duration::from_millis(500)).await {
+        if p.get("join").is_some() || p.get("leave").is_some() {
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "own join, the other's join and leave: {seen}");
+    assert!(
+        quiet
+            .push_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no join or leave without join_leave"
+    );
+    gw.stop().await;
+}

@@ -1,11 +1,13 @@
 //! The gateway's Kafka side: the consumer that feeds the hub
-//! ([`consumer`]), and the [`Publisher`] the session produces through.
+//! ([`consumer`]), the [`Publisher`] the session produces through, and
+//! presence and typing across instances ([`signals`]).
 //!
 //! The session only knows the [`Publisher`] trait, so its tests run with no
 //! broker; [`KafkaPublisher`] is the real one, over
 //! [`confab_common::producer::RoomProducer`].
 
 mod consumer;
+pub(crate) mod signals;
 
 use std::future::Future;
 use std::pin::Pin;

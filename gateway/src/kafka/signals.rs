@@ -13,7 +13,9 @@
 //! others ([`Hub::remote_join`]), so `presence`, `presence_stats`, join and
 //! leave cover every instance. An instance whose heartbeat has not been read
 //! for [`EXPIRE`] is gone (killed, or cut off): its subscribers leave
-//! presence, and whoever notices writes the tombstones of its keys.
+//! presence, and whoever notices writes the tombstones of its keys. An
+//! instance that reads a tombstone for one of its own live subscriptions
+//! (written by another that took it for gone) announces it again.
 //!
 //! Why this and not another mechanism: Kafka is already the one thing every
 //! gateway shares; a compacted topic gives a new instance the current state
@@ -93,59 +95,62 @@ struct Typing {
 
 /// The presence side of one instance, running.
 pub(crate) struct Signals {
-    pub(crate) tx: mpsc::UnboundedSender<Local>,
-    pub(crate) writer: tokio::task::JoinHandle<()>,
-    pub(crate) reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Signals {
+    /// Waits for both tasks after `stop` was cancelled (the writer flushes
+    /// its last records, this instance's heartbeat tombstone among them).
+    pub(crate) async fn stopped(self) {
+        let _ = self.writer.await;
+        let _ = self.reader.await;
+    }
 }
 
 /// Starts the writer (this instance's subscriptions, heartbeats and typing)
-/// and the reader (everyone's) for `config.topic`'s presence topic.
+/// and the reader (everyone's) for `config.topic`'s presence topic, and
+/// makes the hub announce its subscribers through them. Both stop with
+/// `stop`, which the caller cancels once every connection has ended.
 pub(crate) async fn start(
     config: &KafkaConfig,
     hub: Arc<Hub>,
-    shutdown: CancellationToken,
-) -> Result<Signals, rdkafka::error::KafkaError> {
+    stop: CancellationToken,
+) -> Result<Signals, confab_common::kafka::KafkaError> {
     let topic = topic_of(&config.topic);
-    confab_common::kafka::ensure_presence_topic(config, &topic)
-        .await
-        .map_err(|e| match e {
-            confab_common::kafka::KafkaError::Client(k) => k,
-            other => {
-                tracing::warn!(%other, "cannot create the presence topic");
-                rdkafka::error::KafkaError::Canceled
-            }
-        })?;
+    confab_common::kafka::ensure_presence_topic(config, &topic).await?;
     let me = Uuid::new_v4();
     let mut pc = confab_common::kafka::producer_config(config);
-    // Presence is best effort and must not queue behind room records.
+    // Presence is best effort, and must not wait behind room records.
     pc.set("acks", "1").set("enable.idempotence", "false");
     let producer: FutureProducer = pc.create()?;
     let mut cc = confab_common::kafka::consumer_config(config, None);
     cc.set("auto.offset.reset", "earliest");
     let consumer: StreamConsumer = cc.create()?;
-    let partitions = {
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        md.topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(1, |t| t.partitions().len().max(1))
-    };
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write(
-        producer.clone(),
-        topic.clone(),
+    hub.set_presence_sink(tx.clone());
+    let writer = Writer {
+        producer: producer.clone(),
+        topic: topic.clone(),
         me,
-        rx,
-        shutdown.clone(),
-    ));
-    let reader = tokio::spawn(read(consumer, producer, topic, me, hub, shutdown));
+        typed: HashMap::new(),
+    };
+    let writer = tokio::spawn(writer.run(rx, stop.clone()));
+    let reader = Reader {
+        producer,
+        topic,
+        me,
+        hub,
+        tx,
+        seen: HashMap::new(),
+        typed: HashMap::new(),
+    };
+    let reader = tokio::spawn(reader.run(consumer, stop));
     tracing::info!(gateway = %me, "presence across gateways started");
-    Ok(Signals { tx, writer, reader })
+    Ok(Signals { writer, reader })
 }
 
 fn send(producer: &FutureProducer, topic: &str, key: &str, value: Option<&[u8]>) {
@@ -160,162 +165,262 @@ fn send(producer: &FutureProducer, topic: &str, key: &str, value: Option<&[u8]>)
     }
 }
 
-async fn write(
+/// Passes on at most one typing signal per (room, user) every
+/// [`TYPING_EVERY`]; returns whether this one may go.
+fn typing_allowed(typed: &mut HashMap<(Uuid, Uuid), Instant>, room: Uuid, user: Uuid) -> bool {
+    let now = Instant::now();
+    if typed.len() > 100_000 {
+        typed.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+    }
+    match typed.get(&(room, user)) {
+        Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
+        _ => {
+            typed.insert((room, user), now);
+            true
+        }
+    }
+}
+
+/// At most one typing signal per user and room this often (CONTRACT §8).
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+
+struct Writer {
     producer: FutureProducer,
     topic: String,
     me: Uuid,
-    mut rx: mpsc::UnboundedReceiver<Local>,
-    shutdown: CancellationToken,
-) {
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    let hb_key = format!("h/{me}");
-    // Typing passed on, per (room, user), at most one per 2 s.
-    let mut typed: HashMap<(Uuid, Uuid), Instant> = HashMap::new();
-    loop {
-        tokio::select! {
-            biased;
-            ev = rx.recv() => match ev {
-                None => break,
-                Some(Local::Join { room, client, user, info }) => {
-                    let key = format!("p/{me}/{room}/{client}");
-                    let info = std::str::from_utf8(&info).ok().and_then(|s| RawValue::from_string(s.to_owned()).ok());
-                    if let Some(info) = info {
-                        let v = serde_json::to_vec(&SubValue { user, info: &info }).unwrap_or_default();
-                        send(&producer, &topic, &key, Some(&v));
-                    }
+    typed: HashMap<(Uuid, Uuid), Instant>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Local>, stop: CancellationToken) {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => break,
+                },
+                _ = beat.tick() => {
+                    let v = serde_json::to_vec(&Beat { ts_ms: confab_common::clock::now_ms() })
+                        .unwrap_or_default();
+                    send(&self.producer, &self.topic, &format!("h/{}", self.me), Some(&v));
                 }
-                Some(Local::Leave { room, client }) => {
-                    send(&producer, &topic, &format!("p/{me}/{room}/{client}"), None);
+            }
+        }
+        // Stopping: the connections have ended, and their leaves are queued.
+        while let Ok(ev) = rx.try_recv() {
+            self.handle(ev);
+        }
+        send(&self.producer, &self.topic, &format!("h/{}", self.me), None);
+        let producer = self.producer;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    }
+
+    fn handle(&mut self, ev: Local) {
+        let me = self.me;
+        match ev {
+            Local::Join {
+                room,
+                client,
+                user,
+                info,
+            } => {
+                let Some(info) = std::str::from_utf8(&info)
+                    .ok()
+                    .and_then(|s| RawValue::from_string(s.to_owned()).ok())
+                else {
+                    return;
+                };
+                let v = serde_json::to_vec(&SubValue { user, info: &info }).unwrap_or_default();
+                send(
+                    &self.producer,
+                    &self.topic,
+                    &format!("p/{me}/{room}/{client}"),
+                    Some(&v),
+                );
+            }
+            Local::Leave { room, client } => {
+                send(
+                    &self.producer,
+                    &self.topic,
+                    &format!("p/{me}/{room}/{client}"),
+                    None,
+                );
+            }
+            Local::Typing {
+                room,
+                user,
+                username,
+            } => {
+                if typing_allowed(&mut self.typed, room, user) {
+                    let t = Typing {
+                        user,
+                        username,
+                        ts_ms: confab_common::clock::now_ms(),
+                    };
+                    let v = serde_json::to_vec(&t).unwrap_or_default();
+                    send(
+                        &self.producer,
+                        &self.topic,
+                        &format!("t/{room}/{user}"),
+                        Some(&v),
+                    );
                 }
-                Some(Local::Typing { room, user, username }) => {
-                    let now = Instant::now();
-                    let last = typed.entry((room, user)).or_insert(now - Duration::from_secs(60));
-                    if now.duration_since(*last) >= Duration::from_secs(2) {
-                        *last = now;
-                        let v = serde_json::to_vec(&Typing { user, username, ts_ms: confab_common::clock::now_ms() }).unwrap_or_default();
-                        send(&producer, &topic, &format!("t/{room}/{user}"), Some(&v));
-                    }
-                    if typed.len() > 100_000 {
-                        typed.retain(|_, t| now.duration_since(*t) < Duration::from_secs(2));
-                    }
-                }
-            },
-            _ = beat.tick(), if !shutdown.is_cancelled() => {
-                let v = serde_json::to_vec(&Beat { ts_ms: confab_common::clock::now_ms() }).unwrap_or_default();
-                send(&producer, &topic, &hb_key, Some(&v));
             }
         }
     }
-    // Every sender is gone: the instance is stopping and its subscribers have
-    // left. Say so, and wait for it to be written.
-    send(&producer, &topic, &hb_key, None);
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
 }
 
-async fn read(
-    consumer: StreamConsumer,
+struct Reader {
     producer: FutureProducer,
     topic: String,
     me: Uuid,
     hub: Arc<Hub>,
-    shutdown: CancellationToken,
-) {
-    // When each other instance was last heard of.
-    let mut seen: HashMap<Uuid, Instant> = HashMap::new();
-    // Typing passed on, per (room, user), at most one per 2 s.
-    let mut typed: HashMap<(Uuid, Uuid), Instant> = HashMap::new();
-    let mut check = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let msg = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            _ = check.tick() => {
-                let now = Instant::now();
-                let gone: Vec<Uuid> = seen
-                    .iter()
-                    .filter(|(_, t)| now.duration_since(**t) > EXPIRE)
-                    .map(|(g, _)| *g)
-                    .collect();
-                for g in gone {
-                    seen.remove(&g);
-                    let removed = hub.remote_gone(g);
-                    tracing::info!(gateway = %g, subscribers = removed.len(), "gateway gone from presence");
-                    for (room, client) in removed {
-                        send(&producer, &topic, &format!("p/{g}/{room}/{client}"), None);
-                    }
-                    send(&producer, &topic, &format!("h/{g}"), None);
+    /// To announce again a subscription another instance tombstoned.
+    tx: mpsc::UnboundedSender<Local>,
+    /// When each other instance was last heard of.
+    seen: HashMap<Uuid, Instant>,
+    typed: HashMap<(Uuid, Uuid), Instant>,
+}
+
+impl Reader {
+    async fn run(mut self, consumer: StreamConsumer, stop: CancellationToken) {
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                _ = check.tick() => {
+                    self.expire();
+                    continue;
                 }
-                continue;
+                msg = consumer.recv() => msg,
+            };
+            match msg {
+                Ok(msg) => {
+                    if let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                        self.record(key, msg.payload());
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "presence consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-            msg = consumer.recv() => msg,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::debug!(%err, "presence consumer error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+        }
+    }
+
+    /// Instances silent for [`EXPIRE`] are gone: their subscribers leave
+    /// presence, and their keys get tombstones.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let gone: Vec<Uuid> = self
+            .seen
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) > EXPIRE)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in gone {
+            self.seen.remove(&g);
+            let removed = self.hub.remote_gone(g);
+            tracing::info!(gateway = %g, subscribers = removed.len(), "gateway gone from presence");
+            for (room, client) in removed {
+                send(
+                    &self.producer,
+                    &self.topic,
+                    &format!("p/{g}/{room}/{client}"),
+                    None,
+                );
             }
-        };
-        let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-            continue;
-        };
+            send(&self.producer, &self.topic, &format!("h/{g}"), None);
+        }
+        metrics::gauge!(m::REMOTE_GATEWAYS).set(self.seen.len() as f64);
+    }
+
+    fn record(&mut self, key: &str, payload: Option<&[u8]>) {
         let mut parts = key.split('/');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("h"), Some(g), None, None) => {
-                let Ok(g) = g.parse::<Uuid>() else { continue };
-                if g == me {
-                    continue;
+                let Ok(g) = g.parse::<Uuid>() else { return };
+                if g == self.me {
+                    return;
                 }
-                if msg.payload().is_some() {
-                    seen.insert(g, Instant::now());
-                } else if seen.remove(&g).is_some() {
-                    hub.remote_gone(g);
+                if payload.is_some() {
+                    self.seen.insert(g, Instant::now());
+                } else if self.seen.remove(&g).is_some() {
+                    self.hub.remote_gone(g);
                 }
             }
             (Some("p"), Some(g), Some(room), Some(client)) => {
                 let (Ok(g), Ok(room)) = (g.parse::<Uuid>(), room.parse::<Uuid>()) else {
-                    continue;
+                    return;
                 };
-                if g == me {
-                    continue;
+                if g == self.me {
+                    // Another instance took this one for gone and removed a
+                    // subscription that is still here: announce it again.
+                    if payload.is_none() {
+                        if let Some((user, info)) = self.hub.local_subscriber(room, client) {
+                            let client = client.to_owned();
+                            let _ = self.tx.send(Local::Join {
+                                room,
+                                client,
+                                user,
+                                info,
+                            });
+                        }
+                    }
+                    return;
                 }
-                match msg
-                    .payload()
-                    .map(serde_json::from_slice::<SubValue<'_>>)
-                {
+                match payload.map(serde_json::from_slice::<SubValue<'_>>) {
                     Some(Ok(v)) => {
-                        // A subscription of an instance not heard of yet: it
-                        // has EXPIRE to show a heartbeat.
-                        seen.entry(g).or_insert_with(Instant::now);
+                        // An instance not heard of yet has EXPIRE to show a
+                        // heartbeat.
+                        self.seen.entry(g).or_insert_with(Instant::now);
                         let info = Bytes::copy_from_slice(v.info.get().as_bytes());
-                        hub.remote_join(room, g, client, v.user, info);
+                        self.hub.remote_join(room, g, client, v.user, info);
                     }
                     Some(Err(_)) => {}
-                    None => hub.remote_leave(room, g, client),
+                    None => self.hub.remote_leave(room, g, client),
                 }
             }
             (Some("t"), Some(room), Some(_), None) => {
-                let Ok(room) = room.parse::<Uuid>() else { continue };
-                let Some(Ok(t)) = msg.payload().map(serde_json::from_slice::<Typing>) else {
-                    continue;
+                let Ok(room) = room.parse::<Uuid>() else {
+                    return;
                 };
-                let now_ms = confab_common::clock::now_ms();
-                if (now_ms - t.ts_ms).abs() > TYPING_MAX_AGE_MS {
-                    continue;
+                let Some(Ok(t)) = payload.map(serde_json::from_slice::<Typing>) else {
+                    return;
+                };
+                // Old signals (read at start, or late) are not news.
+                if (confab_common::clock::now_ms() - t.ts_ms).abs() > TYPING_MAX_AGE_MS {
+                    return;
                 }
-                let now = Instant::now();
-                let last = typed.entry((room, t.user)).or_insert(now - Duration::from_secs(60));
-                if now.duration_since(*last) < Duration::from_secs(2) {
-                    continue;
-                }
-                *last = now;
-                hub.typing(room, t.user, &t.username);
-                if typed.len() > 100_000 {
-                    typed.retain(|_, at| now.duration_since(*at) < Duration::from_secs(2));
+                if typing_allowed(&mut self.typed, room, t.user) {
+                    self.hub.typing(room, t.user, &t.username);
                 }
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typing_passes_one_per_user_and_room_every_two_seconds() {
+        let mut typed = HashMap::new();
+        let (room, other_room, user) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(typing_allowed(&mut typed, room, user));
+        assert!(!typing_allowed(&mut typed, room, user), "within 2 s");
+        assert!(typing_allowed(&mut typed, other_room, user), "another room");
+        assert!(
+            typing_allowed(&mut typed, room, Uuid::new_v4()),
+            "another user"
+        );
+        typed.insert((room, user), Instant::now() - TYPING_EVERY);
+        assert!(typing_allowed(&mut typed, room, user), "2 s later");
     }
 }

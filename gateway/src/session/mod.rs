@@ -66,6 +66,10 @@ struct Session {
     subs: HashMap<Uuid, LocalSub>,
     /// This connection's publish rate (`None`: unlimited).
     bucket: Option<TokenBucket>,
+    /// This connection's rate of costly commands (`None`: unlimited).
+    costly: Option<TokenBucket>,
+    /// Costly commands in the message being handled.
+    costly_in_message: usize,
     started: Instant,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
@@ -84,8 +88,16 @@ impl Session {
                 c.publish_burst.max(1.0) as u32,
             ))
         });
+        let costly = (c.costly_rate > 0.0).then(|| {
+            TokenBucket::new(Quota::per_second(
+                c.costly_rate,
+                c.costly_rate.ceil().max(1.0) as u32,
+            ))
+        });
         Self {
             bucket,
+            costly,
+            costly_in_message: 0,
             gw,
             kill,
             queue_tx,
@@ -113,12 +125,40 @@ impl Session {
 
     /// Handles the commands of one message, in order.
     fn commands(&mut self, cmds: Vec<(u32, Request)>) -> Option<Disconnect> {
+        self.costly_in_message = 0;
         for (id, req) in cmds {
             if let Some(d) = self.handle(id, req) {
                 return Some(d);
             }
         }
         None
+    }
+
+    /// Whether a command may make a large reply: subscribe (recovery),
+    /// history and presence.
+    fn is_costly(req: &Request) -> bool {
+        matches!(
+            req,
+            Request::Subscribe(_) | Request::History(_) | Request::Presence(_)
+        )
+    }
+
+    /// Admits one costly command: at most `max_costly_per_message` per
+    /// message, while the message's replies stay within `max_reply_bytes`
+    /// (else 106), and within the connection's rate (else 111).
+    fn admit_costly(&mut self) -> Result<(), ProtoError> {
+        let c = &self.gw.config;
+        self.costly_in_message += 1;
+        if self.costly_in_message > c.max_costly_per_message || self.out.len() >= c.max_reply_bytes
+        {
+            metrics::counter!(m::COSTLY_REFUSED, "reason" => "message").increment(1);
+            return Err(ProtoError::LIMIT_EXCEEDED);
+        }
+        if !self.costly.as_mut().is_none_or(TokenBucket::take) {
+            metrics::counter!(m::COSTLY_REFUSED, "reason" => "rate").increment(1);
+            return Err(ProtoError::TOO_MANY_REQUESTS);
+        }
+        Ok(())
     }
 
     fn handle(&mut self, id: u32, req: Request) -> Option<Disconnect> {
@@ -133,6 +173,12 @@ impl Session {
             // Every other command expects a reply, so it needs an id.
             return Some(Disconnect::BAD_REQUEST);
         }
+        if Self::is_costly(&req) {
+            if let Err(e) = self.admit_costly() {
+                self.error(id, e);
+                return None;
+            }
+        }
         match req {
             Request::Connect(_) => return Some(Disconnect::BAD_REQUEST),
             Request::Pong => self.pong_deadline = None,
@@ -141,7 +187,16 @@ impl Session {
                 encode_empty(&mut self.out, id, "ping");
             }
             Request::Send => {}
-            Request::Rpc => self.error(id, ProtoError::METHOD_NOT_FOUND),
+            Request::Rpc(r) => match r.method.as_str() {
+                "typing" => match self.typing(r.data.as_deref(), &peer) {
+                    Ok(()) => {
+                        self.sep();
+                        encode_empty(&mut self.out, id, "rpc");
+                    }
+                    Err(e) => self.error(id, e),
+                },
+                _ => self.error(id, ProtoError::METHOD_NOT_FOUND),
+            },
             Request::Refresh(r) => return self.refresh(id, &r.token, &peer),
             Request::Subscribe(s) => self.subscribe(id, s, &peer),
             Request::SubRefresh(r) => self.sub_refresh(id, &r.channel, &r.token, &peer),
@@ -206,6 +261,29 @@ impl Session {
         None
     }
 
+    /// `rpc typing {"channel": "room:<id>"}`: tells the room's other
+    /// subscribers, on every instance, that this user is typing. Never
+    /// stored; at most one per user and room every 2 s is passed on.
+    fn typing(
+        &self,
+        data: Option<&serde_json::value::RawValue>,
+        peer: &Peer,
+    ) -> Result<(), ProtoError> {
+        #[derive(serde::Deserialize)]
+        struct Typing {
+            channel: String,
+        }
+        let t: Typing = data
+            .and_then(|d| serde_json::from_str(d.get()).ok())
+            .ok_or(ProtoError::BAD_REQUEST)?;
+        let room = self.subscribed_room(&t.channel)?;
+        if self.gw.hub.has_left(room, peer.user) {
+            return Err(ProtoError::PERMISSION_DENIED);
+        }
+        self.gw.hub.typing_request(room, peer.user, &peer.username);
+        Ok(())
+    }
+
     fn subscribed_room(&self, channel: &str) -> Result<Uuid, ProtoError> {
         let room = confab_common::parse_room_channel(channel).ok_or(ProtoError::UNKNOWN_CHANNEL)?;
         if self.subs.contains_key(&room) {
@@ -227,6 +305,14 @@ impl Session {
             }
             Err(TokenError::Invalid(_)) => return Some(Disconnect::INVALID_TOKEN),
         };
+        if !self
+            .gw
+            .per_user
+            .try_add(claims.sub, self.gw.config.max_connections_per_user)
+        {
+            metrics::counter!(m::REJECTED_CONNECTIONS, "reason" => "user").increment(1);
+            return Some(Disconnect::CONNECTION_LIMIT);
+        }
         let client = Uuid::new_v4().to_string();
         let peer = Arc::new(Peer::new(
             client.clone(),
@@ -313,7 +399,7 @@ impl Session {
             Err(e) => return self.error(id, e),
         };
         let recover = req.recover.then_some((req.offset, req.epoch.as_str()));
-        let s = self.gw.hub.subscribe(room, peer, recover);
+        let s = self.gw.hub.subscribe(room, peer, recover, req.join_leave);
         self.subs.insert(
             room,
             LocalSub {
@@ -500,7 +586,8 @@ impl Session {
         for (room, local) in self.subs.drain() {
             self.gw.hub.unsubscribe(room, local.sub_id);
         }
-        if self.peer.take().is_some() {
+        if let Some(peer) = self.peer.take() {
+            self.gw.per_user.remove(&peer.user);
             metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         }
     }

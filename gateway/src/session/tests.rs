@@ -9,7 +9,7 @@ use confab_common::producer::ProduceError;
 use confab_common::testing::ws::Client;
 use confab_common::testing::TEST_JWT_SECRET;
 use fastwebsockets::{Role, WebSocket};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::DuplexStream;
 
 use super::*;
@@ -58,11 +58,7 @@ fn world(extra: &[(&str, &str)]) -> World {
     ];
     pairs.extend_from_slice(extra);
     let config = crate::config::Config::from_env(&Env::from_pairs(pairs)).unwrap();
-    let hub = Arc::new(Hub::new(HubConfig {
-        partitions: 1,
-        history_size: 100,
-        history_ttl_ms: 0,
-    }));
+    let hub = Arc::new(Hub::new(HubConfig::with_size(1, 100)));
     hub.init_partition(0, BASE, BASE.floor(), BASE.floor());
     let publisher = Arc::new(Loopback {
         hub: Arc::clone(&hub),
@@ -83,7 +79,7 @@ fn world(extra: &[(&str, &str)]) -> World {
 /// A client talking to a session over an in-memory stream.
 async fn client(gw: &Gateway) -> Client<DuplexStream> {
     let (server, client) = tokio::io::duplex(1 << 20);
-    let (slot, _) = SocketSlot::take(gw);
+    let slot = SocketSlot::take(gw, std::net::Ipv4Addr::LOCALHOST.into()).expect("a socket slot");
     tokio::spawn(run(
         gw.clone(),
         WebSocket::after_handshake(server, Role::Server),
@@ -238,7 +234,10 @@ async fn a_member_who_left_publishes_nowhere_whatever_their_token() {
 
 #[tokio::test]
 async fn replies_go_out_in_frames_of_bounded_size() {
-    let w = world(&[("CONFAB_GATEWAY_MAX_PUBLISH_BYTES", "60000")]);
+    let w = world(&[
+        ("CONFAB_GATEWAY_MAX_PUBLISH_BYTES", "60000"),
+        ("CONFAB_GATEWAY_MAX_REPLY_BYTES", "8000000"),
+    ]);
     let room = Uuid::new_v4();
     let (mut a, _) = member(&w.gw, room).await;
     let channel = confab_common::room_channel(room);
@@ -273,4 +272,137 @@ async fn replies_go_out_in_frames_of_bounded_size() {
         "{:?}",
         a.frame_sizes
     );
+}
+
+/// Sends `n` copies of a command in one message; returns the replies.
+async fn burst(
+    c: &mut Client<DuplexStream>,
+    n: u32,
+    first: u32,
+    cmd: &str,
+    params: Value,
+) -> Vec<Value> {
+    let cmds: Vec<String> = (0..n)
+        .map(|i| json!({"id": first + i, cmd: params}).to_string())
+        .collect();
+    c.send_text(&cmds.join("\n")).await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(c.reply(first + i).await);
+    }
+    out
+}
+
+fn codes(replies: &[Value]) -> Vec<u64> {
+    replies
+        .iter()
+        .map(|r| r["error"]["code"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn costly_commands_are_capped_per_message_and_per_second() {
+    let w = world(&[
+        ("CONFAB_GATEWAY_MAX_COSTLY_PER_MESSAGE", "4"),
+        ("CONFAB_GATEWAY_COSTLY_RATE", "1000"),
+    ]);
+    let room = Uuid::new_v4();
+    let (mut a, _) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    // Six presence commands in one message: four answered, two refused
+    // with 106; pings are not costly.
+    let got = burst(&mut a, 6, 10, "presence", json!({ "channel": channel })).await;
+    assert_eq!(codes(&got), vec![0, 0, 0, 0, 106, 106], "{got:?}");
+    assert!(got[0]["presence"]["presence"].is_object());
+    let got = burst(&mut a, 6, 20, "ping", json!({})).await;
+    assert_eq!(codes(&got), vec![0; 6]);
+    // The next message starts afresh.
+    let got = burst(
+        &mut a,
+        1,
+        30,
+        "history",
+        json!({ "channel": channel, "limit": 1 }),
+    )
+    .await;
+    assert_eq!(codes(&got), vec![0]);
+
+    // Per second: a rate of 2 (burst 2) refuses the third with 111.
+    let w = world(&[("CONFAB_GATEWAY_COSTLY_RATE", "2")]);
+    let (mut b, _) = member(&w.gw, room).await;
+    let mut refused = 0;
+    for i in 0..4 {
+        let r = b
+            .call(
+                "presence",
+                json!({ "channel": confab_common::room_channel(room) }),
+            )
+            .await;
+        if r["error"]["code"] == 111 {
+            refused += 1;
+        } else {
+            assert!(r.get("presence").is_some(), "{i}: {r}");
+        }
+    }
+    // The subscribe in `member` took one token too.
+    assert!(refused >= 2, "{refused}");
+}
+
+#[tokio::test]
+async fn one_message_cannot_ask_for_more_than_the_reply_budget() {
+    let w = world(&[
+        ("CONFAB_GATEWAY_MAX_PUBLISH_BYTES", "60000"),
+        ("CONFAB_GATEWAY_MAX_REPLY_BYTES", "1000000"),
+    ]);
+    let room = Uuid::new_v4();
+    let (mut a, _) = member(&w.gw, room).await;
+    let channel = confab_common::room_channel(room);
+    let pad = "x".repeat(15_000);
+    for _ in 0..20 {
+        let r = a
+            .publish(&channel, json!({ "text": "big", "pad": pad }))
+            .await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    a.raw.clear();
+    // Each full history is ~300 KB: after the fourth, the replies are past
+    // 1 MB and the rest are refused.
+    let got = burst(
+        &mut a,
+        8,
+        100,
+        "history",
+        json!({ "channel": channel, "limit": -1 }),
+    )
+    .await;
+    let c = codes(&got);
+    assert_eq!(&c[..4], &[0, 0, 0, 0], "{c:?}");
+    assert!(c[4..].iter().all(|&x| x == 106), "{c:?}");
+    let total: usize = a.raw.iter().map(String::len).sum();
+    assert!(total < 1_300_000, "{total}");
+}
+
+#[tokio::test]
+async fn a_user_has_a_bounded_number_of_connections() {
+    let w = world(&[("CONFAB_GATEWAY_MAX_CONNECTIONS_PER_USER", "2")]);
+    let user = Uuid::new_v4();
+    let (token, _) = w.gw.config.jwt.issue_access(user, "many");
+    let mut first = client(&w.gw).await;
+    let mut second = client(&w.gw).await;
+    assert!(first.connect(&token).await["connect"].is_object());
+    assert!(second.connect(&token).await["connect"].is_object());
+    let mut third = client(&w.gw).await;
+    third
+        .send_text(&json!({"id": 1, "connect": {"token": token}}).to_string())
+        .await;
+    assert_eq!(third.closed_with().await.0, 3504);
+    // Another user is not affected; a closed connection frees its place.
+    let (other, _) = w.gw.config.jwt.issue_access(Uuid::new_v4(), "one");
+    let mut c = client(&w.gw).await;
+    assert!(c.connect(&other).await["connect"].is_object());
+    drop(first);
+    // The server sees the close and frees the place.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = client(&w.gw).await;
+    assert!(again.connect(&token).await["connect"].is_object());
 }

@@ -131,14 +131,30 @@ pub async fn member(addr: SocketAddr, room: Uuid) -> Member {
 }
 
 pub async fn member_as(addr: SocketAddr, room: Uuid, id: Uuid, name: &str) -> Member {
-    let keys = keys();
+    member_with(&keys(), addr, room, id, name).await
+}
+
+/// A member whose tokens `keys` signs.
+pub async fn member_with(
+    keys: &JwtKeys,
+    addr: SocketAddr,
+    room: Uuid,
+    id: Uuid,
+    name: &str,
+) -> Member {
     let mut client = ws_connect(addr).await;
     let (token, _) = keys.issue_access(id, name);
     let r = client.connect(&token).await;
     assert!(r["connect"]["client"].is_string(), "{r}");
     let channel = confab_common::room_channel(room);
     let (sub, _) = keys.issue_subscription(id, &channel);
-    let r = client.subscribe(&channel, &sub).await;
+    // Join and leave pushes come only to subscribers that ask for them.
+    let r = client
+        .call(
+            "subscribe",
+            serde_json::json!({"channel": channel, "token": sub, "join_leave": true}),
+        )
+        .await;
     assert!(r.get("subscribe").is_some(), "{r}");
     Member {
         id,
