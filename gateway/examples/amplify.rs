@@ -11,6 +11,8 @@
 //! `CONFAB_GATEWAY_PUBLISH_BURST=1000` and the same for the per-user rate).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use confab_common::jwt::JwtKeys;
@@ -69,31 +71,54 @@ async fn main() {
             json!({"id": 10_000 + id, "history": {"channel": channel, "limit": -1}}).to_string()
         })
         .collect();
-    let frame = frame.join("\n");
-    let mut peak = before;
-    for c in &mut clients {
-        c.send_text(&frame).await;
-    }
-    let mut refused = 0;
-    let mut answered = 0;
-    for c in &mut clients {
-        for id in 1..=256u32 {
-            let r = c.reply(10_000 + id).await;
-            if r.get("error").is_some() {
-                refused += 1;
-            } else {
-                answered += 1;
+    let frame = Arc::new(frame.join("\n"));
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if id % 32 == 0 {
-                peak = peak.max(rss_kib(pid));
-            }
-        }
-        c.raw.clear();
+        })
+    };
+    // Every client sends its message at once and reads its replies as they
+    // come; a reply that never comes (the socket closed) counts as lost.
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let frame = Arc::clone(&frame);
+            tokio::spawn(async move {
+                c.send_text(&frame).await;
+                let (mut answered, mut refused) = (0, 0);
+                for id in 1..=256u32 {
+                    let Some(r) = c.reply_within(10_000 + id, Duration::from_secs(30)).await else {
+                        break;
+                    };
+                    if r.get("error").is_some() {
+                        refused += 1;
+                    } else {
+                        answered += 1;
+                    }
+                    c.raw.clear();
+                }
+                (answered, refused)
+            })
+        })
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.expect("client task");
+        answered += a;
+        refused += r;
     }
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(pid);
+    let lost = sockets * 256 - answered - refused;
     println!(
-        "{sockets} sockets x 256 history commands: {answered} answered, {refused} refused; \
+        "{sockets} sockets x 256 history commands: {answered} answered, {refused} refused, {lost} never answered; \
          gateway RSS {before} KiB before, peak {peak} KiB, {after} KiB after"
     );
 }

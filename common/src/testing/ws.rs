@@ -180,6 +180,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// The reply to command `id`, or `None` if it does not come within
+    /// `wait` (or the connection closes first).
+    pub async fn reply_within(&mut self, id: u32, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(pos) = self.pending.iter().position(|v| v["id"] == id) {
+                return self.pending.remove(pos);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || (!self.read_more(left).await && self.closed.is_some()) {
+                return None;
+            }
+        }
+    }
+
     /// The next push, skipping nothing.
     pub async fn push(&mut self) -> Value {
         self.push_within(WAIT).await.expect("a push")
