@@ -91,8 +91,15 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), KafkaError> {
+    create_unless_exists(
+        config,
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
+    )
+    .await
+}
+
+async fn create_unless_exists(config: &KafkaConfig, new: NewTopic<'_>) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base(config).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new], &opts).await?;
     for result in results {
@@ -109,19 +116,10 @@ pub async fn ensure_topic(
 /// gateway that starts reads only the live keys, and tombstones kept for a
 /// minute so that a reader that catches up sees them.
 pub async fn ensure_presence_topic(config: &KafkaConfig, topic: &str) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = base(config).create()?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact")
         .set("segment.ms", "60000")
         .set("min.cleanable.dirty.ratio", "0.1")
         .set("delete.retention.ms", "60000");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics([&new], &opts).await?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, code }),
-        }
-    }
-    Ok(())
+    create_unless_exists(config, new).await
 }

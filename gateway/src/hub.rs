@@ -418,6 +418,18 @@ impl Hub {
         self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `room_id`'s room in its shard, created if new, with its window
+    /// trimmed to the caps (entries, age, bytes).
+    fn trimmed_room<'a>(&self, rooms: &'a mut HashMap<Uuid, Room>, room_id: Uuid) -> &'a mut Room {
+        let partition = self.partition_of(room_id);
+        let room = rooms
+            .entry(room_id)
+            .or_insert_with(|| Room::new(room_id, partition));
+        let freed = room.expire(&self.config, now_ms());
+        self.freed(freed);
+        room
+    }
+
     fn partition_of(&self, room: Uuid) -> usize {
         confab_common::stream::room_partition(room, self.partitions.len() as u32) as usize
     }
@@ -536,14 +548,8 @@ impl Hub {
         recover: Option<(u64, &str)>,
         join_leave: bool,
     ) -> Subscribed {
-        let now = now_ms();
-        let partition = self.partition_of(room_id);
         let mut shard = self.shard(room_id);
-        let room = shard
-            .entry(room_id)
-            .or_insert_with(|| Room::new(room_id, partition));
-        let freed = room.expire(&self.config, now);
-        self.freed(freed);
+        let room = self.trimmed_room(&mut shard, room_id);
         let part = &self.partitions[room.partition];
         let top = part.top.load(Ordering::Acquire);
         let mut position = top.max(room.last());
@@ -823,14 +829,8 @@ impl Hub {
         since: Option<(u64, &str)>,
         reverse: bool,
     ) -> Result<History, protocol::ProtoError> {
-        let now = now_ms();
-        let partition = self.partition_of(room_id);
         let mut shard = self.shard(room_id);
-        let room = shard
-            .entry(room_id)
-            .or_insert_with(|| Room::new(room_id, partition));
-        let freed = room.expire(&self.config, now);
-        self.freed(freed);
+        let room = self.trimmed_room(&mut shard, room_id);
         let part = &self.partitions[room.partition];
         let position = part.top.load(Ordering::Acquire).max(room.last());
         let epoch = part.epoch();
