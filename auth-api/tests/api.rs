@@ -300,12 +300,16 @@ async fn public_room_lifecycle() {
         [
             "channel",
             "created_at",
+            "direct",
             "id",
             "is_member",
+            "last_read_offset",
             "member_count",
+            "my_role",
             "name",
             "owner_id",
             "requires_password",
+            "unread_count",
             "visibility"
         ]
     );
