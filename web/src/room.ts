@@ -275,9 +275,14 @@ export class RoomView {
   }
 
   destroy(): void {
+    // What was shown counts as read even when the view closes at once.
+    if (this.readTimer !== null) {
+      clearTimeout(this.readTimer);
+      this.readTimer = null;
+      void this.markRead();
+    }
     this.destroyed = true;
     if (this.membersTimer !== null) clearTimeout(this.membersTimer);
-    if (this.readTimer !== null) clearTimeout(this.readTimer);
     if (this.readsInterval !== null) clearInterval(this.readsInterval);
     for (const t of this.typing.values()) clearTimeout(t.timer);
     document.removeEventListener('visibilitychange', this.onVisible);
@@ -704,8 +709,8 @@ export class RoomView {
     this.readSent = offset;
     try {
       await this.host.api.markRead(this.room.id, offset);
-      if (this.destroyed) return;
       this.host.onRead(this.room, offset);
+      if (this.destroyed) return;
       void this.refreshReads();
     } catch {
       this.readSent = -1; // try again with the next message
