@@ -127,13 +127,22 @@ async fn lock_counts<C: GenericClient>(
             &[&room],
         )
         .await?;
+    client
+        .execute(
+            "SELECT 1 FROM room_message_counts WHERE room_id = $1 FOR SHARE",
+            &[&room],
+        )
+        .await?;
+    // A separate statement, so its snapshot is taken after the lock: it sees
+    // the whole of any batch the lock waited for (one statement would read
+    // the counter's new version but the messages of its older snapshot).
     let row = client
         .query_one(
             "SELECT c.messages,
                     coalesce((SELECT s.messages FROM room_sender_counts s
                               WHERE s.room_id = $1 AND s.user_id = $2), 0),
                     coalesce((SELECT max(stream_offset) FROM messages WHERE room_id = $1), 0)
-             FROM room_message_counts c WHERE c.room_id = $1 FOR SHARE OF c",
+             FROM room_message_counts c WHERE c.room_id = $1",
             &[&room, &user],
         )
         .await?;
