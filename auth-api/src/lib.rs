@@ -27,7 +27,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use confab_common::config::{ConfigError, Env, KafkaConfig};
 use confab_common::db::PgPool;
@@ -45,6 +45,7 @@ mod membership;
 pub mod model;
 pub mod openapi;
 pub mod password;
+pub mod people;
 pub mod rooms;
 
 use crate::error::{ApiError, LoggedCause};
@@ -548,6 +549,15 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/rooms/{id}/subscription-token",
             post(history::subscription_token),
+        )
+        .route("/dms", post(people::open_dm))
+        .route("/rooms/{id}/read", post(people::mark_read))
+        .route("/rooms/{id}/reads", get(people::reads))
+        .route("/rooms/{id}/members/{user_id}", patch(people::set_role))
+        .route("/rooms/{id}/members/{user_id}/kick", post(people::kick))
+        .route(
+            "/rooms/{id}/bans/{user_id}",
+            post(people::ban).delete(people::unban),
         )
         .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found)

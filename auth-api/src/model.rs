@@ -82,6 +82,16 @@ pub struct Room {
     pub member_count: i64,
     /// Whether the caller is a member.
     pub is_member: bool,
+    /// A direct room: private to its two members; its `name` is the other
+    /// member's username as the caller sees it.
+    pub direct: bool,
+    /// The caller's role, or null when not a member.
+    pub my_role: Option<Role>,
+    /// The offset the caller last marked read; null before the first read.
+    pub last_read_offset: Option<i64>,
+    /// Chat messages from others above the caller's read position (0 for
+    /// non-members).
+    pub unread_count: i64,
 }
 
 /// The answer to `GET /api/rooms`: one page, in creation order.
@@ -117,11 +127,38 @@ pub struct Invite {
 }
 
 /// A member's role in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
+    Moderator,
     Member,
+}
+
+impl Role {
+    /// The name used in JSON and in `room_members.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Moderator => "moderator",
+            Self::Member => "member",
+        }
+    }
+
+    /// Reads `room_members.role`.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "owner" => Some(Self::Owner),
+            "moderator" => Some(Self::Moderator),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may kick and ban.
+    pub fn moderates(self) -> bool {
+        matches!(self, Self::Owner | Self::Moderator)
+    }
 }
 
 /// One member of a room.
@@ -178,4 +215,41 @@ pub struct MessagePage {
 pub struct SubscriptionToken {
     /// A JWT for this user and the room's channel.
     pub token: String,
+}
+
+/// The body of `POST /api/dms`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateDm {
+    /// The other person.
+    pub username: String,
+}
+
+/// The body of `POST /api/rooms/{id}/read`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MarkRead {
+    /// A stream offset; a position below the current one is ignored.
+    #[schema(minimum = 0)]
+    pub offset: i64,
+}
+
+/// One member's read position.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadReceipt {
+    pub user: User,
+    /// The offset they last marked read.
+    pub offset: i64,
+}
+
+/// The answer to `GET /api/rooms/{id}/reads`: the members who have read
+/// something, furthest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadList {
+    pub reads: Vec<ReadReceipt>,
+}
+
+/// The body of `PATCH /api/rooms/{id}/members/{user_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetRole {
+    /// `moderator` or `member`; ownership cannot be given away.
+    pub role: Role,
 }

@@ -10,6 +10,7 @@ use crate::model::{
     AuthResponse, CreateInvite, CreateRoom, Credentials, Invite, JoinRoom, Member, MemberList,
     Message, MessageKind, MessagePage, Role, Room, RoomList, SubscriptionToken, User, Visibility,
 };
+use crate::model::{CreateDm, MarkRead, ReadList, ReadReceipt, SetRole};
 
 /// Adds the bearer-token security scheme the paths refer to.
 struct BearerAuth;
@@ -96,17 +97,25 @@ impl Modify for CommonErrors {
         crate::rooms::members,
         crate::history::messages,
         crate::history::subscription_token,
+        crate::people::open_dm,
+        crate::people::mark_read,
+        crate::people::reads,
+        crate::people::set_role,
+        crate::people::kick,
+        crate::people::ban,
+        crate::people::unban,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, User, Credentials, AuthResponse, Visibility, CreateRoom, Room,
         RoomList, JoinRoom, CreateInvite, Invite, Role, Member, MemberList, MessageKind, Message,
-        MessagePage, SubscriptionToken
+        MessagePage, SubscriptionToken, CreateDm, MarkRead, ReadReceipt, ReadList, SetRole
     )),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "auth", description = "Accounts and access tokens"),
         (name = "rooms", description = "Rooms, membership and invites"),
         (name = "history", description = "Room history and subscription tokens"),
+        (name = "people", description = "Direct rooms, read positions, roles, kicks and bans"),
     )
 )]
 pub struct ApiDoc;

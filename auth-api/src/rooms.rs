@@ -60,12 +60,41 @@ pub(crate) struct RoomRow {
     pub(crate) member_count: i64,
     pub(crate) is_member: bool,
     pub(crate) is_invited: bool,
+    pub(crate) direct: bool,
+    pub(crate) my_role: Option<Role>,
+    pub(crate) last_read_offset: Option<i64>,
+    pub(crate) unread_count: i64,
+    /// For a direct room, the other member's username.
+    pub(crate) peer_name: Option<String>,
 }
 
-const ROOM_COLUMNS: &str = "r.id, r.name, r.visibility, r.password_hash, r.owner_id, r.created_at,
+/// What a room's caller sees of people (CONTRACT §8): their read position
+/// and unread count from three counters, each a primary-key probe (see
+/// migrations/0005_people.sql), and for direct rooms the other member's name.
+macro_rules! people_columns {
+    () => {
+        "(SELECT rr.last_read_offset FROM room_reads rr
+          WHERE rr.room_id = r.id AND rr.user_id = $1) AS last_read_offset,
+    CASE WHEN m.user_id IS NULL THEN 0::bigint ELSE greatest(0::bigint,
+        coalesce((SELECT c.messages FROM room_message_counts c WHERE c.room_id = r.id), 0)
+      - coalesce((SELECT s.messages FROM room_sender_counts s
+                  WHERE s.room_id = r.id AND s.user_id = $1), 0)
+      - coalesce((SELECT rr.read_from_others FROM room_reads rr
+                  WHERE rr.room_id = r.id AND rr.user_id = $1), 0)) END AS unread_count,
+    CASE WHEN r.direct THEN (SELECT u.username FROM direct_rooms d JOIN users u
+        ON u.id = CASE WHEN d.user_low = $1 THEN d.user_high ELSE d.user_low END
+        WHERE d.room_id = r.id) END AS peer_name"
+    };
+}
+
+const ROOM_COLUMNS: &str = concat!(
+    "r.id, r.name, r.visibility, r.password_hash, r.owner_id, r.created_at,
     r.member_count::bigint AS member_count,
     m.user_id IS NOT NULL AS is_member,
-    EXISTS (SELECT 1 FROM room_invites i WHERE i.room_id = r.id AND i.user_id = $1) AS is_invited";
+    EXISTS (SELECT 1 FROM room_invites i WHERE i.room_id = r.id AND i.user_id = $1) AS is_invited,
+    r.direct, m.role AS my_role, ",
+    people_columns!()
+);
 
 impl RoomRow {
     fn from_row(row: &Row) -> Result<Self, ApiError> {
@@ -85,6 +114,16 @@ impl RoomRow {
             member_count: row.get("member_count"),
             is_member: row.get("is_member"),
             is_invited: row.get("is_invited"),
+            direct: row.get("direct"),
+            my_role: row
+                .get::<_, Option<&str>>("my_role")
+                .map(|raw| {
+                    Role::parse(raw).ok_or_else(|| ApiError::internal(format!("role {raw:?}")))
+                })
+                .transpose()?,
+            last_read_offset: row.get("last_read_offset"),
+            unread_count: row.get("unread_count"),
+            peer_name: row.get("peer_name"),
         })
     }
 
@@ -96,7 +135,10 @@ impl RoomRow {
     pub(crate) fn to_room(&self) -> Room {
         Room {
             id: self.id,
-            name: self.name.clone(),
+            name: match (&self.peer_name, self.direct) {
+                (Some(peer), true) => peer.clone(),
+                _ => self.name.clone(),
+            },
             visibility: self.visibility,
             requires_password: self.password_hash.is_some(),
             owner_id: self.owner_id,
@@ -104,6 +146,10 @@ impl RoomRow {
             channel: confab_common::room_channel(self.id),
             member_count: self.member_count,
             is_member: self.is_member,
+            direct: self.direct,
+            my_role: self.my_role,
+            last_read_offset: self.last_read_offset,
+            unread_count: self.unread_count,
         }
     }
 }
@@ -165,7 +211,7 @@ pub(crate) async fn require_member(
 
 /// A foreign-key violation on the user means the token names a user this
 /// database does not know.
-fn unknown_user(err: tokio_postgres::Error) -> ApiError {
+pub(crate) fn unknown_user(err: tokio_postgres::Error) -> ApiError {
     if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
         ApiError::unauthorized("unknown user")
     } else {
@@ -173,7 +219,7 @@ fn unknown_user(err: tokio_postgres::Error) -> ApiError {
     }
 }
 
-fn user_ref(caller: &AuthUser) -> UserRef {
+pub(crate) fn user_ref(caller: &AuthUser) -> UserRef {
     UserRef {
         id: caller.id,
         username: caller.username.clone(),
@@ -182,7 +228,7 @@ fn user_ref(caller: &AuthUser) -> UserRef {
 
 /// 401 when the token names a user this database does not know; checked
 /// before a record is produced for them.
-async fn require_user<C: GenericClient>(client: &C, user: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn require_user<C: GenericClient>(client: &C, user: Uuid) -> Result<(), ApiError> {
     let exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)",
@@ -286,6 +332,7 @@ pub async fn create_room(
             &[&id, &owner],
         )
         .await?;
+        crate::people::start_reading(&tx, id, owner).await?;
         tx.commit().await?;
         Ok(row.get::<_, OffsetDateTime>(0))
     })
@@ -302,6 +349,10 @@ pub async fn create_room(
         channel: confab_common::room_channel(id),
         member_count: 1,
         is_member: true,
+        direct: false,
+        my_role: Some(Role::Owner),
+        last_read_offset: None,
+        unread_count: 0,
     };
     Ok((StatusCode::CREATED, Json(room)))
 }
@@ -413,7 +464,7 @@ pub async fn get_room(
     responses(
         (status = 200, description = "Member now (a `member_joined` record was acknowledged), or already", body = Room),
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
-        (status = 403, description = "`wrong_password` or `invite_required`", body = ErrorBody),
+        (status = 403, description = "`wrong_password`, `invite_required`, `banned` (even with an invite or the password), or `direct_room` (direct rooms are joined through `POST /api/dms`)", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 429, description = "Too many password attempts (`rate_limited`)", body = ErrorBody),
         (status = 503, description = "The broker did not acknowledge the event or is down (`broker_unavailable`), or password hashing is at capacity (`overloaded`)", body = ErrorBody),
@@ -436,6 +487,7 @@ pub async fn join_room(
     if row.is_member {
         return Ok(Json(row.to_room()));
     }
+    crate::people::check_may_join(&*state.db().await?, &row, caller.id).await?;
     match (&row.visibility, &row.password_hash) {
         (Visibility::Public, _) => {}
         (Visibility::Private, Some(phc)) => {
@@ -470,6 +522,8 @@ pub async fn join_room(
         if row.is_member {
             return Ok(Json(row.to_room()));
         }
+        // A ban made while this caller waited for the lock still holds.
+        crate::people::check_may_join(&*conn, &row, caller.id).await?;
         require_user(&*conn, caller.id).await?;
     }
     let role = if row.owner_id == caller.id {
@@ -480,16 +534,17 @@ pub async fn join_room(
     let record = RoomRecord::member_event(room, user_ref(&caller), RecordKind::MemberJoined);
     let user = caller.id;
     publish_then_apply(&state, record, guard, move |state| async move {
-        state
-            .db()
-            .await?
-            .execute(
-                "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, $3)
-                 ON CONFLICT (room_id, user_id) DO NOTHING",
-                &[&room, &user, &role],
-            )
-            .await
-            .map_err(unknown_user)?;
+        let mut conn = state.db().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, $3)
+             ON CONFLICT (room_id, user_id) DO NOTHING",
+            &[&room, &user, &role],
+        )
+        .await
+        .map_err(unknown_user)?;
+        crate::people::start_reading(&tx, room, user).await?;
+        tx.commit().await?;
         Ok(())
     })
     .await?;
@@ -560,6 +615,7 @@ pub async fn leave_room(
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
         (status = 403, description = "The caller is not a member (`not_a_member`)", body = ErrorBody),
         (status = 404, description = "No such room (`room_not_found`) or user (`user_not_found`)", body = ErrorBody),
+        (status = 409, description = "A direct room admits nobody else (`direct_room`)", body = ErrorBody),
         (status = 422, description = "Missing username", body = ErrorBody),
     )
 )]
@@ -586,6 +642,7 @@ pub async fn invite(
         id: invitee.get(0),
         username: invitee.get(1),
     };
+    crate::people::check_may_invite(&*conn, room).await?;
     conn.execute(
         "INSERT INTO room_invites (room_id, user_id, invited_by) VALUES ($1, $2, $3)
          ON CONFLICT (room_id, user_id) DO NOTHING",
@@ -633,20 +690,17 @@ pub async fn members(
     let members = rows
         .iter()
         .map(|row| {
-            let role: String = row.get(2);
-            Member {
+            let role: &str = row.get(2);
+            Ok(Member {
                 user: User {
                     id: row.get(0),
                     username: row.get(1),
                 },
-                role: if role == "owner" {
-                    Role::Owner
-                } else {
-                    Role::Member
-                },
+                role: Role::parse(role)
+                    .ok_or_else(|| ApiError::internal(format!("role {role:?}")))?,
                 joined_at: row.get(3),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     Ok(Json(MemberList { members }))
 }

@@ -300,12 +300,16 @@ async fn public_room_lifecycle() {
         [
             "channel",
             "created_at",
+            "direct",
             "id",
             "is_member",
+            "last_read_offset",
             "member_count",
+            "my_role",
             "name",
             "owner_id",
             "requires_password",
+            "unread_count",
             "visibility"
         ]
     );
@@ -1522,6 +1526,14 @@ async fn healthz_metrics_and_openapi() {
         ("/api/rooms/{id}/members", "get"),
         ("/api/rooms/{id}/messages", "get"),
         ("/api/rooms/{id}/subscription-token", "post"),
+        // CONTRACT §8
+        ("/api/dms", "post"),
+        ("/api/rooms/{id}/read", "post"),
+        ("/api/rooms/{id}/reads", "get"),
+        ("/api/rooms/{id}/members/{user_id}", "patch"),
+        ("/api/rooms/{id}/members/{user_id}/kick", "post"),
+        ("/api/rooms/{id}/bans/{user_id}", "post"),
+        ("/api/rooms/{id}/bans/{user_id}", "delete"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut documented = 0;
@@ -1533,7 +1545,9 @@ async fn healthz_metrics_and_openapi() {
                 "{method} {path} documented but not in the contract"
             );
             // And the router serves it (no 404 not_found / 405 for the route).
-            let concrete = path.replace("{id}", &id.to_string());
+            let concrete = path
+                .replace("{id}", &id.to_string())
+                .replace("{user_id}", &Uuid::nil().to_string());
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, bytes) =
                 raw(&h.app, m, &concrete, Some(&a), Some(b"{}".to_vec()), &[]).await;
@@ -1549,7 +1563,7 @@ async fn healthz_metrics_and_openapi() {
         .unwrap()
         .keys()
         .collect();
-    assert_eq!(room_props.len(), 9);
+    assert_eq!(room_props.len(), 13);
 }
 
 #[tokio::test]

@@ -204,6 +204,11 @@ impl Api {
         }
     }
 
+    /// POSTs `body` to `path` (which must succeed); returns the answer.
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
     /// Creates a public room; returns its id.
     pub async fn create_room(&self) -> Uuid {
         let room = self

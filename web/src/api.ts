@@ -15,6 +15,22 @@ export interface Room {
   channel: string;
   member_count: number;
   is_member: boolean;
+  /** A direct room of two people; `name` is the other person's username. */
+  direct: boolean;
+  /** The caller's role; null when not a member. */
+  my_role: Role | null;
+  /** The offset the caller last marked read; null before the first read. */
+  last_read_offset: number | null;
+  /** Chat messages from others the caller has not read. */
+  unread_count: number;
+}
+
+export type Role = 'owner' | 'moderator' | 'member';
+
+/** How far one member has read (`GET /api/rooms/{id}/reads`). */
+export interface ReadReceipt {
+  user: User;
+  offset: number;
 }
 
 /** One page of `GET /api/rooms`, in creation order. */
@@ -38,7 +54,7 @@ export interface Message {
 
 export interface Member {
   user: User;
-  role: 'owner' | 'member';
+  role: Role;
   joined_at: string;
 }
 
@@ -139,6 +155,29 @@ export class Api {
     if (before !== undefined && before !== null) q.set('before', String(before));
     return this.request('GET', `/api/rooms/${encodeURIComponent(id)}/messages?${q}`);
   }
+  /** The direct room with `username`: the same room whichever of the two asks. */
+  openDm(username: string): Promise<Room> {
+    return this.request('POST', '/api/dms', { username });
+  }
+  /** Moves the read position forward to `offset` (a lower one is ignored). */
+  markRead(id: string, offset: number): Promise<void> {
+    return this.request('POST', `/api/rooms/${encodeURIComponent(id)}/read`, { offset });
+  }
+  async reads(id: string): Promise<ReadReceipt[]> {
+    return (await this.request<{ reads: ReadReceipt[] }>('GET', `/api/rooms/${encodeURIComponent(id)}/reads`)).reads;
+  }
+  setRole(id: string, userId: string, role: 'moderator' | 'member'): Promise<Member> {
+    return this.request('PATCH', `/api/rooms/${encodeURIComponent(id)}/members/${encodeURIComponent(userId)}`, { role });
+  }
+  kick(id: string, userId: string): Promise<void> {
+    return this.request('POST', `/api/rooms/${encodeURIComponent(id)}/members/${encodeURIComponent(userId)}/kick`);
+  }
+  ban(id: string, userId: string): Promise<void> {
+    return this.request('POST', `/api/rooms/${encodeURIComponent(id)}/bans/${encodeURIComponent(userId)}`);
+  }
+  unban(id: string, userId: string): Promise<void> {
+    return this.request('DELETE', `/api/rooms/${encodeURIComponent(id)}/bans/${encodeURIComponent(userId)}`);
+  }
   async subscriptionToken(id: string): Promise<string> {
     return (await this.request<{ token: string }>('POST', `/api/rooms/${encodeURIComponent(id)}/subscription-token`)).token;
   }
@@ -152,6 +191,12 @@ export function describeError(e: unknown): string {
         return 'Wrong password for this room.';
       case 'invite_required':
         return 'This room is invite-only. Ask a member to invite you.';
+      case 'banned':
+        return 'You are banned from this room.';
+      case 'direct_room':
+        return 'This is a direct conversation between two people.';
+      case 'cannot_dm_self':
+        return 'You cannot start a conversation with yourself.';
       case 'network':
         return e.message;
     }

@@ -11,6 +11,8 @@ import { RoomView, roomBadge } from './room';
 const SESSION_KEY = 'confab.session';
 /** Rooms per page of the room list (the API's default). */
 const ROOM_PAGE = 50;
+/** How often the room list (and its unread counts) is reloaded while logged in. */
+const ROOMS_POLL_MS = 3000;
 const UUID_RE = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
 
 function expiryMs(expiresAt: Session['expires_at']): number | null {
@@ -69,6 +71,10 @@ class App {
   private banner: HTMLDivElement | null = null;
   private connDot: HTMLSpanElement | null = null;
   private roomList: HTMLUListElement | null = null;
+  private dmList: HTMLUListElement | null = null;
+  private roomsPoll: number | null = null;
+  /** Shown on the welcome page once: why the user is no longer in a room. */
+  private notice: string | null = null;
   private roomListStatus: HTMLParagraphElement | null = null;
   private content: HTMLElement | null = null;
 
@@ -191,6 +197,11 @@ class App {
     this.showShell();
     void this.refreshRooms();
     void this.route();
+    if (this.roomsPoll === null) {
+      this.roomsPoll = window.setInterval(() => {
+        if (this.session && document.visibilityState === 'visible') void this.refreshRooms();
+      }, ROOMS_POLL_MS);
+    }
   }
 
   private logout(notice?: string): void {
@@ -205,6 +216,10 @@ class App {
     this.api.token = null;
     saveSession(null);
     this.closeRoom();
+    if (this.roomsPoll !== null) {
+      clearInterval(this.roomsPoll);
+      this.roomsPoll = null;
+    }
     if (this.client) {
       this.client.removeAllListeners();
       this.client.disconnect();
@@ -300,6 +315,7 @@ class App {
     this.connDot = h('span', { class: 'conn-dot', role: 'img', 'data-state': 'connecting', 'aria-label': 'Connection: connecting' });
     this.banner = h('div', { class: 'banner', role: 'alert', hidden: true });
     this.roomList = h('ul', { class: 'room-list', 'aria-label': 'Room list' });
+    this.dmList = h('ul', { class: 'room-list dm-list', 'aria-label': 'Direct messages' });
     this.roomListStatus = h('p', { class: 'muted', role: 'status' }, 'Loading rooms…');
     this.moreRooms = h(
       'button',
@@ -349,6 +365,8 @@ class App {
           this.roomList,
           this.roomListStatus,
           this.moreRooms,
+          h('h3', { class: 'list-title' }, 'Direct messages'),
+          this.dmList,
         ),
         this.content,
       ),
@@ -408,9 +426,16 @@ class App {
   private renderRooms(): void {
     if (!this.roomList || !this.roomListStatus) return;
     if (this.moreRooms) this.moreRooms.hidden = this.roomsNextAfter === null;
-    const all = this.rooms.length;
+    const all = this.rooms.filter((r) => !r.direct).length;
+    const matches = (r: Room) => !this.roomFilter || r.name.toLowerCase().includes(this.roomFilter);
+    if (this.dmList) {
+      const dms = this.rooms
+        .filter((r) => r.direct && r.is_member && matches(r))
+        .sort((a, b) => a.name.localeCompare(b.name));
+      replace(this.dmList, dms.map((r) => this.roomItem(r)));
+    }
     const rooms = this.rooms
-      .filter((r) => !this.roomFilter || r.name.toLowerCase().includes(this.roomFilter))
+      .filter((r) => !r.direct && matches(r))
       .sort(
       (a, b) => Number(b.is_member) - Number(a.is_member) || a.name.localeCompare(b.name),
     );
@@ -419,32 +444,49 @@ class App {
       : all
         ? 'No room matches the filter.'
         : 'No rooms yet. Create one above.';
-    replace(
-      this.roomList,
-      rooms.map((r) =>
+    replace(this.roomList, rooms.map((r) => this.roomItem(r)));
+  }
+
+  private roomItem(r: Room): HTMLLIElement {
+    const open = r.id === this.routeRoomId;
+    const unread = r.is_member && !open ? r.unread_count : 0;
+    return h(
+      'li',
+      null,
+      h(
+        'a',
+        {
+          href: `#/room/${r.id}`,
+          class: open ? 'room-link active' : 'room-link',
+          'aria-current': open ? 'page' : undefined,
+          'data-room-id': r.id,
+        },
+        h('span', { class: 'room-name' }, r.name),
+        unread > 0
+          ? h('span', { class: 'badge unread', 'data-unread': String(unread), title: `${unread} unread` }, unread > 99 ? '99+' : String(unread))
+          : null,
         h(
-          'li',
-          null,
-          h(
-            'a',
-            {
-              href: `#/room/${r.id}`,
-              class: r.id === this.routeRoomId ? 'room-link active' : 'room-link',
-              'aria-current': r.id === this.routeRoomId ? 'page' : undefined,
-              'data-room-id': r.id,
-            },
-            h('span', { class: 'room-name' }, r.name),
-            h(
-              'span',
-              { class: 'room-meta' },
-              roomBadge(r),
-              r.is_member ? h('span', { class: 'badge member' }, 'joined') : null,
-              h('span', { class: 'count', title: 'Members' }, `${r.member_count} ${r.member_count === 1 ? 'member' : 'members'}`),
-            ),
-          ),
+          'span',
+          { class: 'room-meta' },
+          roomBadge(r),
+          r.is_member && !r.direct ? h('span', { class: 'badge member' }, 'joined') : null,
+          r.my_role && r.my_role !== 'member' ? h('span', { class: `badge role role-${r.my_role}` }, r.my_role) : null,
+          r.direct ? null : h('span', { class: 'count', title: 'Members' }, `${r.member_count} ${r.member_count === 1 ? 'member' : 'members'}`),
         ),
       ),
     );
+  }
+
+  /** Opens the direct room with `username`, creating it on first use. */
+  private async openDm(username: string): Promise<void> {
+    try {
+      const room = await this.api.openDm(username);
+      this.rooms = [...this.rooms.filter((r) => r.id !== room.id), room];
+      this.renderRooms();
+      location.hash = `#/room/${room.id}`;
+    } catch (e) {
+      this.showBanner(`Could not open a conversation with ${username}: ${describeError(e)}`, 'error');
+    }
   }
 
   private createRoomForm(): HTMLElement {
@@ -563,11 +605,14 @@ class App {
     this.renderRooms();
     if (!id) {
       this.closeRoom();
+      const notice = this.notice;
+      this.notice = null;
       replace(
         this.content,
         h(
           'div',
           { class: 'welcome' },
+          notice ? h('p', { class: 'removed-notice', role: 'alert' }, notice) : null,
           h('h2', null, `Welcome, ${this.session.user.username}`),
           h('p', null, 'Pick a room from the list, create a new one, or open a room by its ID.'),
         ),
@@ -617,6 +662,23 @@ class App {
           location.hash = '#/';
         },
         onMembership: () => this.scheduleRoomsRefresh(),
+        onRead: (r, offset) => {
+          this.rooms = this.rooms.map((x) =>
+            x.id === r.id ? { ...x, unread_count: 0, last_read_offset: Math.max(offset, x.last_read_offset ?? offset) } : x,
+          );
+          this.renderRooms();
+        },
+        openDm: (username) => void this.openDm(username),
+        onRemoved: (r, text) => {
+          this.closeRoom();
+          this.rooms = this.rooms
+            .filter((x) => x.visibility === 'public' || x.id !== r.id)
+            .map((x) => (x.id === r.id ? { ...x, is_member: false, my_role: null, unread_count: 0 } : x));
+          this.notice = text;
+          if (location.hash === '#/' || location.hash === '') void this.route();
+          else location.hash = '#/';
+          void this.refreshRooms();
+        },
       },
       room,
     );
@@ -689,6 +751,8 @@ class App {
               error.textContent = pw ? 'Wrong password. Check it and try again.' : 'This room needs a password.';
               password?.select();
               password?.focus();
+            } else if (err instanceof ApiError && (err.code === 'banned' || err.code === 'direct_room')) {
+              error.textContent = describeError(err);
             } else if (err instanceof ApiError && err.code === 'invite_required') {
               error.textContent = 'This room is invite-only. Ask a member to invite you, then try again.';
             } else if (err instanceof ApiError && err.status === 404) {

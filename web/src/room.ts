@@ -11,7 +11,7 @@ import {
   type SubscriptionOptions,
   type ClientInfo,
 } from 'centrifuge';
-import { Api, ApiError, describeError, type Message, type Room, type User } from './api';
+import { Api, ApiError, describeError, type Member, type Message, type Role, type Room, type User } from './api';
 import { h, replace, timeEl, field } from './dom';
 import { Names, usernameFromInfo } from './names';
 
@@ -19,6 +19,12 @@ import { Names, usernameFromInfo } from './names';
 export const PAGE_SIZE = 50;
 /** The contract's limit on a message's text. */
 const MAX_TEXT = 4000;
+/** At most one typing notice per this many milliseconds while the user types. */
+const TYPING_EVERY_MS = 2000;
+/** A typing indicator disappears this long after the last notice. */
+const TYPING_SHOWN_MS = 3000;
+/** How often read receipts ("seen by") are fetched while a room is open. */
+const READS_EVERY_MS = 3000;
 
 export interface RoomHost {
   api: Api;
@@ -31,6 +37,12 @@ export interface RoomHost {
   onBack(): void;
   /** Someone joined or left the room (member counts changed). */
   onMembership(): void;
+  /** The user has read the room up to `offset`. */
+  onRead(room: Room, offset: number): void;
+  /** Open (or start) the direct room with `username`. */
+  openDm(username: string): void;
+  /** A moderator kicked or banned the user; `text` says so. */
+  onRemoved(room: Room, text: string): void;
 }
 
 interface Item {
@@ -38,18 +50,46 @@ interface Item {
   el: HTMLElement;
 }
 
-type MemberEvent = { type: 'member_joined' | 'member_left'; user: User };
+type MemberEvent = {
+  type: 'member_joined' | 'member_left';
+  user: User;
+  /** For a removal by a moderator: `kicked` or `banned`. */
+  reason?: 'kicked' | 'banned';
+  /** For a removal by a moderator: who did it. */
+  by?: User;
+};
+
+function userOf(v: unknown): User | null {
+  if (!v || typeof v !== 'object') return null;
+  const u = v as Record<string, unknown>;
+  return typeof u.id === 'string' && typeof u.username === 'string' ? { id: u.id, username: u.username } : null;
+}
 
 function memberEvent(data: unknown): MemberEvent | null {
   if (!data || typeof data !== 'object') return null;
   const d = data as Record<string, unknown>;
-  if ((d.type === 'member_joined' || d.type === 'member_left') && d.user && typeof d.user === 'object') {
-    const u = d.user as Record<string, unknown>;
-    if (typeof u.id === 'string' && typeof u.username === 'string') {
-      return { type: d.type, user: { id: u.id, username: u.username } };
-    }
+  if (d.type !== 'member_joined' && d.type !== 'member_left') return null;
+  const user = userOf(d.user);
+  if (!user) return null;
+  const ev: MemberEvent = { type: d.type, user };
+  const by = userOf(d.by);
+  if ((d.reason === 'kicked' || d.reason === 'banned') && by) {
+    ev.reason = d.reason;
+    ev.by = by;
   }
-  return null;
+  return ev;
+}
+
+/** The user in a typing publication (`{"type": "typing", "user": {...}}`), if it is one. */
+function typingUser(data: unknown): User | null {
+  if (!data || typeof data !== 'object') return null;
+  const d = data as Record<string, unknown>;
+  return d.type === 'typing' ? userOf(d.user) : null;
+}
+
+/** Who may do what to a member, by roles. */
+function mayModerate(mine: Role | null, theirs: Role): boolean {
+  return (mine === 'owner' || mine === 'moderator') && theirs !== 'owner';
 }
 
 function textOf(data: unknown): string {
@@ -83,12 +123,31 @@ export class RoomView {
   private destroyed = false;
   private membersFetchedAt = 0;
   private membersTimer: number | null = null;
+  /** The highest offset shown, and the highest sent as read. */
+  private newestOffset = -1;
+  private readSent = -1;
+  private readTimer: number | null = null;
+  private readsInterval: number | null = null;
+  private readonly seenByEl: HTMLParagraphElement;
+  private readonly typingEl: HTMLParagraphElement;
+  /** user id → (username, timer that hides them). */
+  private typing = new Map<string, { name: string; timer: number }>();
+  private lastTypingSent = 0;
+  private readonly membersList: HTMLUListElement;
+  private readonly membersStatus: HTMLParagraphElement;
+  private myRole: Role | null;
+  private readonly onVisible = () => this.scheduleRead();
 
   constructor(
     private readonly host: RoomHost,
     readonly room: Room,
   ) {
     const { names } = host;
+    this.myRole = room.my_role ?? null;
+    this.seenByEl = h('p', { class: 'seen-by', 'aria-live': 'polite', hidden: true });
+    this.typingEl = h('p', { class: 'typing', 'aria-live': 'polite', hidden: true });
+    this.membersList = h('ul', { class: 'member-list', 'aria-label': 'Members' });
+    this.membersStatus = h('p', { class: 'form-status', role: 'status' });
     this.historyTop = h('div', { class: 'history-top' });
     this.list = h('ol', { class: 'messages', 'aria-label': `Messages in ${room.name}`, role: 'log', 'aria-live': 'polite' });
     this.scroller = h('div', { class: 'scroller', tabindex: '0' }, this.historyTop, this.list);
@@ -105,7 +164,10 @@ export class RoomView {
       placeholder: 'Write a message…',
       'aria-label': 'Message',
       autocomplete: 'off',
-      oninput: () => this.autosize(),
+      oninput: () => {
+        this.autosize();
+        this.onTyping();
+      },
       onkeydown: (e: KeyboardEvent) => {
         if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
           e.preventDefault();
@@ -145,6 +207,19 @@ export class RoomView {
           h(
             'details',
             {
+              class: 'popover members-popover',
+              ontoggle: (e: Event) => {
+                if ((e.currentTarget as HTMLDetailsElement).open) this.refreshMembers();
+              },
+            },
+            h('summary', null, 'Members'),
+            h('div', { class: 'popover-body' }, this.membersList, this.membersStatus),
+          ),
+          room.direct
+            ? null
+            : h(
+            'details',
+            {
               class: 'popover',
               onkeydown: (e: KeyboardEvent) => {
                 const d = e.currentTarget as HTMLDetailsElement;
@@ -156,7 +231,7 @@ export class RoomView {
             },
             h('summary', null, 'Invite'),
             h('div', { class: 'popover-body' }, inviteForm, this.inviteStatus, h('p', { class: 'hint' }, 'Room ID: ', h('code', { class: 'room-id' }, room.id))),
-          ),
+              ),
           h('button', { type: 'button', class: 'danger', onclick: () => this.onLeave() }, 'Leave'),
         ),
       ),
@@ -167,10 +242,13 @@ export class RoomView {
         this.onlineEl,
       ),
       this.scroller,
+      this.seenByEl,
+      this.typingEl,
       this.sendError,
       this.sendForm,
     );
     names.set(host.me.id, host.me.username);
+    document.addEventListener('visibilitychange', this.onVisible);
   }
 
   /** Loads the newest history page, then subscribes from its last offset. */
@@ -186,6 +264,9 @@ export class RoomView {
     this.scrollToBottom();
     this.subscribe(since);
     this.refreshMembers();
+    this.scheduleRead();
+    void this.refreshReads();
+    this.readsInterval = window.setInterval(() => void this.refreshReads(), READS_EVERY_MS);
     void this.fillViewport();
   }
 
@@ -194,8 +275,17 @@ export class RoomView {
   }
 
   destroy(): void {
+    // What was shown counts as read even when the view closes at once.
+    if (this.readTimer !== null) {
+      clearTimeout(this.readTimer);
+      this.readTimer = null;
+      void this.markRead();
+    }
     this.destroyed = true;
     if (this.membersTimer !== null) clearTimeout(this.membersTimer);
+    if (this.readsInterval !== null) clearInterval(this.readsInterval);
+    for (const t of this.typing.values()) clearTimeout(t.timer);
+    document.removeEventListener('visibilitychange', this.onVisible);
     if (this.sub) {
       this.sub.removeAllListeners();
       this.sub.unsubscribe();
@@ -283,7 +373,7 @@ export class RoomView {
     if (m.kind === 'member_joined' || m.kind === 'member_left') {
       const ev = memberEvent(m.data);
       const user = ev?.user ?? m.user;
-      this.insert(m.offset, this.noticeEl(m.kind, user, when));
+      this.insert(m.offset, this.noticeEl(m.kind, user, when, ev ?? undefined));
     } else {
       this.insert(m.offset, this.messageEl(m.user.id, textOf(m.data), when));
     }
@@ -301,13 +391,19 @@ export class RoomView {
     );
   }
 
-  private noticeEl(kind: 'member_joined' | 'member_left', user: User, when: Date): HTMLElement {
+  private noticeEl(kind: 'member_joined' | 'member_left', user: User, when: Date, ev?: MemberEvent): HTMLElement {
     this.host.names.set(user.id, user.username);
+    const what =
+      kind === 'member_joined'
+        ? ' joined the room'
+        : ev?.reason && ev.by
+          ? ` was ${ev.reason} by ${ev.by.username}`
+          : ' left the room';
     return h(
       'li',
-      { class: `notice ${kind}` },
+      { class: ev?.reason ? `notice ${kind} ${ev.reason}` : `notice ${kind}` },
       this.host.names.span(user.id),
-      kind === 'member_joined' ? ' joined the room' : ' left the room',
+      what,
       ' · ',
       timeEl(when),
     );
@@ -321,6 +417,10 @@ export class RoomView {
       if (this.seen.has(offset)) return false;
       this.seen.add(offset);
       el.dataset.offset = String(offset);
+      if (offset > this.newestOffset) {
+        this.newestOffset = offset;
+        this.scheduleRead();
+      }
     }
     let i = this.items.length;
     while (i > 0 && this.items[i - 1].offset > off) i--;
@@ -430,22 +530,35 @@ export class RoomView {
 
   private onPublication(ctx: PublicationContext): void {
     if (this.destroyed) return;
+    // Typing notices come without an offset and are never stored.
+    const typist = ctx.offset === undefined || ctx.offset === null ? typingUser(ctx.data) : null;
+    if (typist) {
+      this.showTyping(typist);
+      return;
+    }
     const stick = this.nearBottom();
     const ev = memberEvent(ctx.data);
     const now = new Date();
     let mine = false;
     if (ev) {
-      if (this.insert(ctx.offset, this.noticeEl(ev.type, ev.user, now))) this.host.onMembership();
+      if (this.insert(ctx.offset, this.noticeEl(ev.type, ev.user, now, ev))) this.host.onMembership();
       if (ev.type === 'member_left' && ev.user.id === this.host.me.id) {
+        if (ev.reason && ev.by) {
+          const what = ev.reason === 'banned' ? 'banned from' : 'removed from';
+          this.host.onRemoved(this.room, `You were ${what} ${this.room.name} by ${ev.by.username}.`);
+          return;
+        }
         // We left (maybe from another tab); the gateway unsubscribes us too.
         this.showSendError('You left this room.');
       }
+      if (ev.reason) this.refreshMembers();
     } else {
       const userId = ctx.info?.user ?? '';
       const name = usernameFromInfo(ctx.info);
       if (name) this.host.names.set(userId, name);
       else if (userId && !this.host.names.has(userId)) this.scheduleMembersRefresh();
       mine = userId === this.host.me.id;
+      this.hideTyping(userId);
       this.insert(ctx.offset, this.messageEl(userId, textOf(ctx.data), now));
     }
     if (stick || mine) this.scrollToBottom();
@@ -518,9 +631,144 @@ export class RoomView {
     this.host.api
       .members(this.room.id)
       .then((members) => {
+        if (this.destroyed) return;
         for (const m of members) this.host.names.set(m.user.id, m.user.username);
+        this.myRole = members.find((m) => m.user.id === this.host.me.id)?.role ?? null;
+        this.renderMembers(members);
       })
       .catch(() => undefined);
+  }
+
+  /** The member list: roles, a direct message to each, and the actions the user's role allows. */
+  private renderMembers(members: Member[]): void {
+    const me = this.host.me.id;
+    const action = (label: string, run: () => Promise<unknown>, cls = '') =>
+      h(
+        'button',
+        {
+          type: 'button',
+          class: `small ${cls}`.trim(),
+          onclick: async () => {
+            this.membersStatus.className = 'form-status';
+            this.membersStatus.textContent = '';
+            try {
+              await run();
+              this.refreshMembers();
+            } catch (err) {
+              this.membersStatus.className = 'form-status error';
+              this.membersStatus.textContent = describeError(err);
+            }
+          },
+        },
+        label,
+      );
+    replace(
+      this.membersList,
+      members.map((m) => {
+        const self = m.user.id === me;
+        const moderate = !self && !this.room.direct && mayModerate(this.myRole, m.role);
+        const setRole = !self && !this.room.direct && this.myRole === 'owner' && m.role !== 'owner';
+        return h(
+          'li',
+          { class: 'member', 'data-user-id': m.user.id, 'data-role': m.role },
+          h('span', { class: 'member-name' }, m.user.username),
+          ' ',
+          h('span', { class: `badge role role-${m.role}` }, m.role),
+          h(
+            'span',
+            { class: 'member-actions' },
+            self ? null : action('Message', async () => this.host.openDm(m.user.username)),
+            setRole
+              ? m.role === 'moderator'
+                ? action('Make member', () => this.host.api.setRole(this.room.id, m.user.id, 'member'))
+                : action('Make moderator', () => this.host.api.setRole(this.room.id, m.user.id, 'moderator'))
+              : null,
+            moderate ? action('Kick', () => this.host.api.kick(this.room.id, m.user.id), 'danger') : null,
+            moderate ? action('Ban', () => this.host.api.ban(this.room.id, m.user.id), 'danger') : null,
+          ),
+        );
+      }),
+    );
+  }
+
+  // ---- reads and typing ------------------------------------------------------------
+
+  /** Marks the newest shown offset read, soon, while the page is visible. */
+  private scheduleRead(): void {
+    if (this.destroyed || this.readTimer !== null) return;
+    this.readTimer = window.setTimeout(() => {
+      this.readTimer = null;
+      void this.markRead();
+    }, 300);
+  }
+
+  private async markRead(): Promise<void> {
+    if (this.destroyed || document.visibilityState !== 'visible') return;
+    const offset = this.newestOffset;
+    if (offset <= this.readSent) return;
+    this.readSent = offset;
+    try {
+      await this.host.api.markRead(this.room.id, offset);
+      this.host.onRead(this.room, offset);
+      if (this.destroyed) return;
+      void this.refreshReads();
+    } catch {
+      this.readSent = -1; // try again with the next message
+    }
+  }
+
+  /** "Seen by": the other members whose read position reaches the newest message. */
+  private async refreshReads(): Promise<void> {
+    try {
+      const reads = await this.host.api.reads(this.room.id);
+      if (this.destroyed) return;
+      const seen = reads
+        .filter((r) => r.user.id !== this.host.me.id && this.newestOffset >= 0 && r.offset >= this.newestOffset)
+        .map((r) => r.user.username)
+        .sort((a, b) => a.localeCompare(b));
+      this.seenByEl.hidden = seen.length === 0;
+      this.seenByEl.textContent = seen.length ? `Seen by ${seen.join(', ')}` : '';
+    } catch {
+      // Receipts are best effort.
+    }
+  }
+
+  /** Tells the room the user is typing: at most once per TYPING_EVERY_MS. */
+  private onTyping(): void {
+    if (!this.sub || !this.input.value.trim()) return;
+    const now = Date.now();
+    if (now - this.lastTypingSent < TYPING_EVERY_MS) return;
+    this.lastTypingSent = now;
+    this.host.client.rpc('typing', { channel: this.room.channel }).catch(() => undefined);
+  }
+
+  private showTyping(user: User): void {
+    if (user.id === this.host.me.id) return;
+    this.host.names.set(user.id, user.username);
+    const old = this.typing.get(user.id);
+    if (old) clearTimeout(old.timer);
+    const timer = window.setTimeout(() => this.hideTyping(user.id), TYPING_SHOWN_MS);
+    this.typing.set(user.id, { name: user.username, timer });
+    this.renderTyping();
+  }
+
+  private hideTyping(userId: string): void {
+    const t = this.typing.get(userId);
+    if (!t) return;
+    clearTimeout(t.timer);
+    this.typing.delete(userId);
+    this.renderTyping();
+  }
+
+  private renderTyping(): void {
+    const names = [...this.typing.values()].map((t) => t.name).sort((a, b) => a.localeCompare(b));
+    this.typingEl.hidden = names.length === 0;
+    this.typingEl.textContent =
+      names.length === 0
+        ? ''
+        : names.length === 1
+          ? `${names[0]} is typing…`
+          : `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]} are typing…`;
   }
 
   private setSubStatus(state: 'ok' | 'subscribing' | 'error', text: string): void {
@@ -598,6 +846,7 @@ export class RoomView {
 }
 
 export function roomBadge(room: Room): HTMLSpanElement {
+  if (room.direct) return h('span', { class: 'badge direct', title: 'Direct message' }, 'direct');
   if (room.visibility === 'public') return h('span', { class: 'badge public' }, 'public');
   if (room.requires_password) return h('span', { class: 'badge password', title: 'Private, password required' }, 'password');
   return h('span', { class: 'badge invite', title: 'Private, invite only' }, 'invite-only');
