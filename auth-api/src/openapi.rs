@@ -7,8 +7,9 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    AuthResponse, CreateInvite, CreateRoom, Credentials, Invite, JoinRoom, Member, MemberList,
-    Message, MessageKind, MessagePage, Role, Room, RoomList, SubscriptionToken, User, Visibility,
+    AuthResponse, CreateInvite, CreateRoom, Credentials, EditMessage, Invite, JoinRoom, Member,
+    MemberList, Message, MessagePage, Reaction, Role, Room, RoomList, SearchPage,
+    SubscriptionToken, User, Visibility,
 };
 
 /// Adds the bearer-token security scheme the paths refer to.
@@ -81,7 +82,7 @@ impl Modify for CommonErrors {
 #[openapi(
     info(
         title = "Confab REST API",
-        description = "Accounts, rooms, invites, history and subscription tokens. Errors are `{\"error\": {\"code\", \"message\"}}`."
+        description = "Accounts, rooms, invites, history, message changes, search and subscription tokens. Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
         crate::auth::register,
@@ -96,17 +97,23 @@ impl Modify for CommonErrors {
         crate::rooms::members,
         crate::history::messages,
         crate::history::subscription_token,
+        crate::messages::edit,
+        crate::messages::delete,
+        crate::messages::react,
+        crate::messages::unreact,
+        crate::search::search,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, User, Credentials, AuthResponse, Visibility, CreateRoom, Room,
-        RoomList, JoinRoom, CreateInvite, Invite, Role, Member, MemberList, MessageKind, Message,
-        MessagePage, SubscriptionToken
+        RoomList, JoinRoom, CreateInvite, Invite, Role, Member, MemberList, Message, Reaction,
+        MessagePage, EditMessage, SearchPage, SubscriptionToken
     )),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "auth", description = "Accounts and access tokens"),
         (name = "rooms", description = "Rooms, membership and invites"),
         (name = "history", description = "Room history and subscription tokens"),
+        (name = "messages", description = "Editing, deleting and reacting to messages, and search"),
     )
 )]
 pub struct ApiDoc;

@@ -451,6 +451,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_room_list.sql",
         include_str!("../../migrations/0003_room_list.sql"),
     ),
+    (
+        4,
+        "0004_messages.sql",
+        include_str!("../../migrations/0004_messages.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`. Returns
