@@ -264,12 +264,7 @@ pub async fn edit(
         if target.message.deleted {
             return Err(message_deleted());
         }
-        with_reactions(
-            &conn,
-            std::slice::from_mut(&mut target.message),
-            caller.id,
-        )
-        .await?;
+        with_reactions(&conn, std::slice::from_mut(&mut target.message), caller.id).await?;
         target
     };
     let edited_at = now_rfc3339();

@@ -17,7 +17,9 @@ use support::{call, Harness};
 use uuid::Uuid;
 
 fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no code in {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {v}"))
 }
 
 /// Inserts a chat message as the persister would and returns its id.
@@ -126,16 +128,35 @@ async fn only_the_author_edits_and_never_a_deleted_message() {
         json!({"text": "x"}),
     )
     .await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "message_not_found"));
-    let (status, body) = patch(&h, &format!("/api/rooms/{room}/messages/nope"), &ann, json!({"text": "x"})).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "message_not_found")
+    );
+    let (status, body) = patch(
+        &h,
+        &format!("/api/rooms/{room}/messages/nope"),
+        &ann,
+        json!({"text": "x"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    for bad in [json!({"text": ""}), json!({"text": "   "}), json!({"text": "a".repeat(4001)})] {
+    for bad in [
+        json!({"text": ""}),
+        json!({"text": "   "}),
+        json!({"text": "a".repeat(4001)}),
+    ] {
         let (status, body) = patch(&h, &path, &ann, bad).await;
-        assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"));
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text")
+        );
     }
     let (status, _) = patch(&h, &path, &ann, json!({"txt": "x"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(changes(&h, room, 0).is_empty(), "refused edits produce nothing");
+    assert!(
+        changes(&h, room, 0).is_empty(),
+        "refused edits produce nothing"
+    );
 
     let (status, edited) = patch(&h, &path, &ann, json!({"text": "hello"})).await;
     assert_eq!(status, StatusCode::OK, "{edited}");
@@ -155,7 +176,10 @@ async fn only_the_author_edits_and_never_a_deleted_message() {
 
     mark_deleted(&h, msg).await;
     let (status, body) = patch(&h, &path, &ann, json!({"text": "again"})).await;
-    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "message_deleted"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, "message_deleted")
+    );
     assert_eq!(changes(&h, room, 1).len(), 1);
 }
 
@@ -187,11 +211,20 @@ async fn the_author_the_owner_and_moderators_delete() {
     let path = |m: Uuid| format!("/api/rooms/{room}/messages/{m}");
 
     let (status, body) = delete(&h, &path(by_ann[0]), &bob).await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "not_allowed"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "not_allowed")
+    );
     let (status, body) = delete(&h, &path(by_ann[0]), &carl).await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "not_a_member"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "not_a_member")
+    );
     let (status, body) = delete(&h, &path(Uuid::now_v7()), &ann).await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "message_not_found"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "message_not_found")
+    );
     assert!(changes(&h, room, 0).is_empty());
 
     for (m, token, who) in [
@@ -205,7 +238,10 @@ async fn the_author_the_owner_and_moderators_delete() {
         let last = records.last().unwrap();
         assert_eq!(last.kind, RecordKind::MessageDeleted);
         assert_eq!(last.user.id, who);
-        assert_eq!(data(last), json!({"type": "message_deleted", "message_id": m}));
+        assert_eq!(
+            data(last),
+            json!({"type": "message_deleted", "message_id": m})
+        );
     }
     assert_eq!(changes(&h, room, 3).len(), 3);
 
@@ -225,7 +261,10 @@ async fn the_author_the_owner_and_moderators_delete() {
     .await
     .unwrap();
     let (status, body) = delete(&h, &path(joined), &owner).await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "message_not_found"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "message_not_found")
+    );
 }
 
 #[tokio::test]
@@ -253,16 +292,33 @@ async fn reactions_are_idempotent_and_validated() {
     add_reaction(&h, msg, bob_id, "👍").await;
     let (status, _) = put(&h, &thumbs, &bob).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(changes(&h, room, 1).len(), 1, "reacting twice produces nothing");
+    assert_eq!(
+        changes(&h, room, 1).len(),
+        1,
+        "reacting twice produces nothing"
+    );
 
     let (status, _) = put(&h, &format!("{base}/:party_parrot:"), &ann).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    for bad in ["abc", "%F0%9F%91%8D%F0%9F%91%8D", ":has%20space:", ":abcdefghijklmnopqrstuvwxyz01234:", "::"] {
+    for bad in [
+        "abc",
+        "%F0%9F%91%8D%F0%9F%91%8D",
+        ":has%20space:",
+        ":abcdefghijklmnopqrstuvwxyz01234:",
+        "::",
+    ] {
         let (status, body) = put(&h, &format!("{base}/{bad}"), &ann).await;
-        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_emoji"), "{bad}");
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_emoji"),
+            "{bad}"
+        );
     }
     let (status, body) = put(&h, &thumbs, &carl).await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "not_a_member"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "not_a_member")
+    );
 
     // Taking back a reaction that is not there is a no-op; one that is
     // produces reaction_removed.
@@ -278,7 +334,10 @@ async fn reactions_are_idempotent_and_validated() {
 
     mark_deleted(&h, msg).await;
     let (status, body) = put(&h, &format!("{base}/:tada:"), &ann).await;
-    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "message_deleted"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, "message_deleted")
+    );
 }
 
 #[tokio::test]
@@ -291,8 +350,22 @@ async fn history_folds_changes_into_the_messages() {
     let foreign = stored(&h, other, 5, owner_id, json!({"text": "elsewhere"})).await;
     let first = stored(&h, room, 10, ann_id, json!({"text": "first"})).await;
     let gone = stored(&h, room, 11, ann_id, json!({"text": "secret"})).await;
-    let reply = stored(&h, room, 12, owner_id, json!({"text": "re", "reply_to": first})).await;
-    let stray = stored(&h, room, 13, owner_id, json!({"text": "x", "reply_to": foreign})).await;
+    let reply = stored(
+        &h,
+        room,
+        12,
+        owner_id,
+        json!({"text": "re", "reply_to": first}),
+    )
+    .await;
+    let stray = stored(
+        &h,
+        room,
+        13,
+        owner_id,
+        json!({"text": "x", "reply_to": foreign}),
+    )
+    .await;
     let sql = h.sql().await;
     sql.execute(
         "UPDATE messages SET data = '{\"text\":\"first!\"}', edited_at = now() WHERE id = $1",
@@ -329,7 +402,11 @@ async fn history_folds_changes_into_the_messages() {
     assert_eq!(m["offset"], 11, "a deleted message keeps its place");
     assert_eq!(m["reactions"], json!([]));
     assert_eq!(by_id(reply)["reply_to"], first.to_string());
-    assert_eq!(by_id(stray)["reply_to"], Value::Null, "only a message of the same room");
+    assert_eq!(
+        by_id(stray)["reply_to"],
+        Value::Null,
+        "only a message of the same room"
+    );
     // Every entry has the §7 fields.
     for m in page["messages"].as_array().unwrap() {
         for field in ["edited_at", "deleted", "reply_to", "reactions"] {
@@ -345,7 +422,10 @@ async fn history_folds_changes_into_the_messages() {
         .find(|m| m["id"] == first.to_string())
         .unwrap()
         .clone();
-    assert_eq!(m["reactions"][1], json!({"emoji": ":tada:", "count": 1, "me": true}));
+    assert_eq!(
+        m["reactions"][1],
+        json!({"emoji": ":tada:", "count": 1, "me": true})
+    );
 }
 
 #[tokio::test]
@@ -358,14 +438,39 @@ async fn search_finds_only_live_text_in_the_callers_rooms() {
     let left = room_with(&h, &bob, &[&ann]).await;
     let mut expected = Vec::new();
     for i in 0..5 {
-        expected.push(stored(&h, mine, 10 + i, bob_id, json!({"text": format!("the Needle number {i}")})).await);
+        expected.push(
+            stored(
+                &h,
+                mine,
+                10 + i,
+                bob_id,
+                json!({"text": format!("the Needle number {i}")}),
+            )
+            .await,
+        );
     }
     stored(&h, mine, 20, bob_id, json!({"text": "nothing to see"})).await;
     let gone = stored(&h, mine, 21, ann_id, json!({"text": "needle I regret"})).await;
     mark_deleted(&h, gone).await;
-    stored(&h, theirs, 10, bob_id, json!({"text": "needle in their room"})).await;
-    stored(&h, left, 10, bob_id, json!({"text": "needle in a room ann left"})).await;
-    let (status, _) = h.post(&format!("/api/rooms/{left}/leave"), &ann, json!({})).await;
+    stored(
+        &h,
+        theirs,
+        10,
+        bob_id,
+        json!({"text": "needle in their room"}),
+    )
+    .await;
+    stored(
+        &h,
+        left,
+        10,
+        bob_id,
+        json!({"text": "needle in a room ann left"}),
+    )
+    .await;
+    let (status, _) = h
+        .post(&format!("/api/rooms/{left}/leave"), &ann, json!({}))
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     expected.reverse(); // newest first
 
@@ -394,7 +499,13 @@ async fn search_finds_only_live_text_in_the_callers_rooms() {
         }
         let (status, page) = h.get(&path, &ann).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        paged.extend(page["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        paged.extend(
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned()),
+        );
         match page["next_before"].as_str() {
             Some(next) => before = Some(next.to_owned()),
             None => break,
@@ -412,16 +523,39 @@ async fn search_finds_only_live_text_in_the_callers_rooms() {
     assert_eq!(page["messages"].as_array().unwrap().len(), 7);
 
     // A room the caller is not in is refused, not searched.
-    let (status, body) = h.get(&format!("/api/search?q=needle&room_id={theirs}"), &ann).await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "not_a_member"));
-    let (status, body) = h.get(&format!("/api/search?q=needle&room_id={left}"), &ann).await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "not_a_member"));
-    for bad in ["/api/search", "/api/search?q=", "/api/search?q=a&room_id=1", "/api/search?q=a&before=5", "/api/search?q=a&limit=0"] {
+    let (status, body) = h
+        .get(&format!("/api/search?q=needle&room_id={theirs}"), &ann)
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "not_a_member")
+    );
+    let (status, body) = h
+        .get(&format!("/api/search?q=needle&room_id={left}"), &ann)
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "not_a_member")
+    );
+    for bad in [
+        "/api/search",
+        "/api/search?q=",
+        "/api/search?q=a&room_id=1",
+        "/api/search?q=a&before=5",
+        "/api/search?q=a&limit=0",
+    ] {
         let (status, body) = h.get(bad, &ann).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
     // Query syntax never breaks the query.
-    for odd in ["%26%7C%21(", "-", "%22", "or", "a%3A*", "%27%3B%20DROP%20TABLE%20messages"] {
+    for odd in [
+        "%26%7C%21(",
+        "-",
+        "%22",
+        "or",
+        "a%3A*",
+        "%27%3B%20DROP%20TABLE%20messages",
+    ] {
         let (status, body) = h.get(&format!("/api/search?q={odd}"), &ann).await;
         assert_eq!(status, StatusCode::OK, "{odd}: {body}");
     }
@@ -446,6 +580,9 @@ async fn a_broker_outage_fails_changes_with_503() {
         (Method::PUT, format!("{path}/reactions/:tada:"), None),
     ] {
         let (status, err) = call(&down, method, &path, Some(&ann), body).await;
-        assert_eq!((status, code(&err)), (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"));
+        assert_eq!(
+            (status, code(&err)),
+            (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
+        );
     }
 }

@@ -373,10 +373,7 @@ impl Store {
     /// rows are stored one by one and each refused row becomes a dead letter,
     /// so one bad row never blocks its partition.
     pub(crate) async fn store(&mut self, batch: &Batch) -> Result<Stored, StoreError> {
-        match self
-            .execute(&batch.rows, &batch.dead, &batch.changes)
-            .await
-        {
+        match self.execute(&batch.rows, &batch.dead, &batch.changes).await {
             Ok((inserted, applied)) => Ok(Stored {
                 inserted: inserted + applied,
                 refused: 0,
