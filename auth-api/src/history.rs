@@ -1,5 +1,10 @@
 //! Room history from the `messages` table, and subscription tokens.
 //!
+//! Changes (edits, deletes, reactions: CONTRACT §7) are not rows of their own:
+//! the persister applies them to the message they name, so a page shows each
+//! message as it is now ([`message`], [`with_reactions`]; search and the
+//! message routes share them).
+//!
 //! History is keyset-paginated on `stream_offset`, newest first:
 //! `WHERE room_id = $1 AND stream_offset < $before ORDER BY stream_offset DESC
 //! LIMIT $limit + 1`, served by the primary key `(room_id, stream_offset)`
@@ -15,12 +20,14 @@ use std::collections::HashMap;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
+use confab_common::record::RecordKind;
 use serde_json::value::RawValue;
 use tokio_postgres::types::Type;
+use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AuthUser, RoomId};
-use crate::model::{Message, MessageKind, MessagePage, SubscriptionToken, User};
+use crate::model::{Message, MessagePage, Reaction, SubscriptionToken, User};
 use crate::rooms::require_member;
 use crate::AppState;
 
@@ -71,13 +78,81 @@ fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> 
     Ok((limit, before))
 }
 
-fn kind(raw: &str) -> Result<MessageKind, ApiError> {
-    match raw {
-        "message" => Ok(MessageKind::Message),
-        "member_joined" => Ok(MessageKind::MemberJoined),
-        "member_left" => Ok(MessageKind::MemberLeft),
-        other => Err(ApiError::internal(format!("message kind {other:?}"))),
+/// The columns [`message`] reads, from `messages m`. `reply_to` is shown
+/// only when it names a message of the same room.
+pub(crate) const COLUMNS: &str = "m.stream_offset, m.id, m.room_id, m.kind, m.user_id, m.username,
+    m.data::text, m.created_at, m.edited_at, m.deleted,
+    CASE WHEN m.reply_to IS NOT NULL AND EXISTS
+        (SELECT 1 FROM messages t WHERE t.id = m.reply_to AND t.room_id = m.room_id)
+    THEN m.reply_to END";
+
+/// How many columns [`COLUMNS`] has.
+pub(crate) const COLUMN_COUNT: usize = 11;
+
+/// A history entry from a row of [`COLUMNS`], without its reactions.
+pub(crate) fn message(row: &tokio_postgres::Row) -> Result<Message, ApiError> {
+    let kind: &str = row.get(3);
+    let data: Option<String> = row.get(6);
+    let data = data
+        .map(RawValue::from_string)
+        .transpose()
+        .map_err(ApiError::internal)?;
+    Ok(Message {
+        offset: row.get(0),
+        id: row.get(1),
+        room_id: row.get(2),
+        kind: kind.parse::<RecordKind>().map_err(ApiError::internal)?,
+        user: User {
+            id: row.get(4),
+            username: row.get(5),
+        },
+        data,
+        created_at: row.get(7),
+        edited_at: row.get(8),
+        deleted: row.get(9),
+        reply_to: row.get(10),
+        reactions: Vec::new(),
+    })
+}
+
+/// Fills in the reactions of `messages` (`me` for `caller`), in one query.
+pub(crate) async fn with_reactions(
+    conn: &tokio_postgres::Client,
+    messages: &mut [Message],
+    caller: Uuid,
+) -> Result<(), ApiError> {
+    let ids: Vec<Uuid> = messages
+        .iter()
+        .filter(|m| m.kind == RecordKind::Message && !m.deleted)
+        .map(|m| m.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
     }
+    let rows = conn
+        .query_typed(
+            "SELECT message_id, emoji, count(*), bool_or(user_id = $2)
+             FROM message_reactions
+             WHERE message_id = ANY($1)
+             GROUP BY message_id, emoji
+             ORDER BY message_id, min(created_at), emoji",
+            &[(&ids, Type::UUID_ARRAY), (&caller, Type::UUID)],
+        )
+        .await?;
+    let mut by_message: HashMap<Uuid, Vec<Reaction>> = HashMap::new();
+    for row in &rows {
+        by_message.entry(row.get(0)).or_default().push(Reaction {
+            emoji: row.get(1),
+            count: row.get(2),
+            me: row.get(3),
+        });
+    }
+    for m in messages {
+        if let Some(reactions) = by_message.remove(&m.id) {
+            m.reactions = reactions;
+        }
+    }
+    Ok(())
 }
 
 /// A page of a room's history, newest first.
@@ -115,34 +190,24 @@ pub async fn messages(
         (&before, Type::INT8),
         (&fetch, Type::INT8),
     ];
-    let page = conn.query_typed(
-        "SELECT stream_offset, id, kind, user_id, username, data::text, created_at
-         FROM messages
-         WHERE room_id = $1 AND stream_offset < $2
-         ORDER BY stream_offset DESC
-         LIMIT $3",
-        &params,
+    let sql = format!(
+        "SELECT {COLUMNS}
+         FROM messages m
+         WHERE m.room_id = $1 AND m.stream_offset < $2
+         ORDER BY m.stream_offset DESC
+         LIMIT $3"
     );
+    let page = conn.query_typed(&sql, &params);
     let (access, rows) = tokio::join!(require_member(&conn, room, caller.id), page);
     access?;
     let rows = rows?;
     let more = rows.len() as i64 > limit;
-    let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
-    for row in rows.iter().take(limit as usize) {
-        let data: String = row.get(5);
-        messages.push(Message {
-            offset: row.get(0),
-            id: row.get(1),
-            room_id: room,
-            kind: kind(row.get(2))?,
-            user: User {
-                id: row.get(3),
-                username: row.get(4),
-            },
-            data: RawValue::from_string(data).map_err(ApiError::internal)?,
-            created_at: row.get(6),
-        });
-    }
+    let mut messages = rows
+        .iter()
+        .take(limit as usize)
+        .map(message)
+        .collect::<Result<Vec<_>, _>>()?;
+    with_reactions(&conn, &mut messages, caller.id).await?;
     let next_before = if more {
         messages.last().map(|m| m.offset)
     } else {

@@ -1,6 +1,7 @@
-//! Confab's REST API (CONTRACT §3): accounts and access tokens, rooms with
-//! public, password and invite access, membership events to Kafka, history
-//! from PostgreSQL and subscription tokens for the gateway.
+//! Confab's REST API (CONTRACT §3 and §7): accounts and access tokens, rooms
+//! with public, password and invite access, membership events and message
+//! changes (edits, deletes, reactions) to Kafka, history and search from
+//! PostgreSQL and subscription tokens for the gateway.
 //!
 //! auth-api owns the `users`, `rooms`, `room_members` and `room_invites`
 //! tables; it only reads `messages`, which the persister writes. Membership
@@ -27,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use confab_common::config::{ConfigError, Env, KafkaConfig};
 use confab_common::db::PgPool;
@@ -42,11 +43,13 @@ pub mod events;
 pub mod extract;
 pub mod history;
 mod membership;
+pub mod messages;
 pub mod model;
 pub mod openapi;
 pub mod password;
 pub mod people;
 pub mod rooms;
+pub mod search;
 
 use crate::error::{ApiError, LoggedCause};
 use crate::events::Events;
@@ -414,11 +417,11 @@ fn describe_metrics() {
     metrics::describe_histogram!(
         "confab_api_produce_duration_seconds",
         metrics::Unit::Seconds,
-        "Time from producing a membership record to the broker's acknowledgement"
+        "Time from producing a membership or message-change record to the broker's acknowledgement"
     );
     metrics::describe_counter!(
         "confab_api_produce_errors_total",
-        "Membership records the broker did not acknowledge"
+        "Membership and message-change records the broker did not acknowledge"
     );
     metrics::describe_counter!(
         "confab_api_rate_limited_total",
@@ -430,7 +433,7 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "confab_api_broker_fail_fast_total",
-        "Membership changes refused at once because the broker is known to be down"
+        "Membership and message changes refused at once because the broker is known to be down"
     );
     metrics::describe_counter!(
         "confab_api_request_timeouts_total",
@@ -546,6 +549,15 @@ pub fn app(state: AppState) -> Router {
         .route("/rooms/{id}/invites", post(rooms::invite))
         .route("/rooms/{id}/members", get(rooms::members))
         .route("/rooms/{id}/messages", get(history::messages))
+        .route(
+            "/rooms/{id}/messages/{message_id}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route(
+            "/rooms/{id}/messages/{message_id}/reactions/{emoji}",
+            put(messages::react).delete(messages::unreact),
+        )
+        .route("/search", get(search::search))
         .route(
             "/rooms/{id}/subscription-token",
             post(history::subscription_token),

@@ -1,5 +1,6 @@
-//! The JSON bodies of the REST API (CONTRACT §3).
+//! The JSON bodies of the REST API (CONTRACT §3 and §7).
 
+use confab_common::record::RecordKind;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -176,30 +177,46 @@ pub struct MemberList {
     pub members: Vec<Member>,
 }
 
-/// What a history entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageKind {
-    Message,
-    MemberJoined,
-    MemberLeft,
-}
-
-/// One persisted room record.
+/// One persisted room record: a chat message or a membership event, with
+/// the changes made to it since (CONTRACT §7) folded in.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Message {
     pub id: Uuid,
     pub room_id: Uuid,
     /// The stream position: the Kafka offset, also the WebSocket publication offset.
     pub offset: i64,
-    pub kind: MessageKind,
+    /// `message`, `member_joined` or `member_left`: the record kinds of
+    /// `confab_common::record::RecordKind` that history lists.
+    #[schema(value_type = String, pattern = "^(message|member_joined|member_left)$")]
+    pub kind: RecordKind,
     /// The sender, or the member who joined or left.
     pub user: User,
-    /// The publication data exactly as it was sent.
-    #[schema(value_type = Object)]
-    pub data: Box<RawValue>,
+    /// The publication data as it was sent, with `text` replaced by the
+    /// latest edit; null once the message is deleted.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Box<RawValue>>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the current text was written by an edit; null if never edited.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub edited_at: Option<OffsetDateTime>,
+    /// Whether the message was deleted (its `data` is then null).
+    pub deleted: bool,
+    /// The message of the same room this one answers.
+    pub reply_to: Option<Uuid>,
+    /// The reactions, in the order they were first given.
+    pub reactions: Vec<Reaction>,
+}
+
+/// The reactions of one emoji to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Reaction {
+    /// One emoji, or a `:short_name:`.
+    pub emoji: String,
+    /// How many members reacted with it.
+    pub count: i64,
+    /// Whether the caller is one of them.
+    pub me: bool,
 }
 
 /// One page of history, newest first.
@@ -208,6 +225,23 @@ pub struct MessagePage {
     pub messages: Vec<Message>,
     /// The `before` of the next, older page; null once history is exhausted.
     pub next_before: Option<i64>,
+}
+
+/// The body of `PATCH /api/rooms/{id}/messages/{message_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EditMessage {
+    /// The new text: 1–4000 characters, like a published message's.
+    #[schema(min_length = 1, max_length = 4000)]
+    pub text: String,
+}
+
+/// One page of search results, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchPage {
+    pub messages: Vec<Message>,
+    /// The `before` of the next, older page (the id of this page's oldest
+    /// message); null once there are no more results.
+    pub next_before: Option<Uuid>,
 }
 
 /// The answer to `POST /api/rooms/{id}/subscription-token`.

@@ -7,8 +7,9 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    AuthResponse, CreateInvite, CreateRoom, Credentials, Invite, JoinRoom, Member, MemberList,
-    Message, MessageKind, MessagePage, Role, Room, RoomList, SubscriptionToken, User, Visibility,
+    AuthResponse, CreateInvite, CreateRoom, Credentials, EditMessage, Invite, JoinRoom, Member,
+    MemberList, Message, MessagePage, Reaction, Role, Room, RoomList, SearchPage,
+    SubscriptionToken, User, Visibility,
 };
 use crate::model::{CreateDm, MarkRead, ReadList, ReadReceipt, SetRole};
 
@@ -82,7 +83,7 @@ impl Modify for CommonErrors {
 #[openapi(
     info(
         title = "Confab REST API",
-        description = "Accounts, rooms, invites, history and subscription tokens. Errors are `{\"error\": {\"code\", \"message\"}}`."
+        description = "Accounts, rooms, invites, history, message changes, search and subscription tokens. Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
         crate::auth::register,
@@ -104,11 +105,17 @@ impl Modify for CommonErrors {
         crate::people::kick,
         crate::people::ban,
         crate::people::unban,
+        crate::messages::edit,
+        crate::messages::delete,
+        crate::messages::react,
+        crate::messages::unreact,
+        crate::search::search,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, User, Credentials, AuthResponse, Visibility, CreateRoom, Room,
-        RoomList, JoinRoom, CreateInvite, Invite, Role, Member, MemberList, MessageKind, Message,
-        MessagePage, SubscriptionToken, CreateDm, MarkRead, ReadReceipt, ReadList, SetRole
+        RoomList, JoinRoom, CreateInvite, Invite, Role, Member, MemberList, Message, Reaction,
+        MessagePage, EditMessage, SearchPage, SubscriptionToken, CreateDm, MarkRead, ReadReceipt,
+        ReadList, SetRole
     )),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
@@ -116,6 +123,7 @@ impl Modify for CommonErrors {
         (name = "rooms", description = "Rooms, membership and invites"),
         (name = "history", description = "Room history and subscription tokens"),
         (name = "people", description = "Direct rooms, read positions, roles, kicks and bans"),
+        (name = "messages", description = "Editing, deleting and reacting to messages, and search"),
     )
 )]
 pub struct ApiDoc;

@@ -452,6 +452,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0003_room_list.sql"),
     ),
     (
+        4,
+        "0004_messages.sql",
+        include_str!("../../migrations/0004_messages.sql"),
+    ),
+    (
         5,
         "0005_people.sql",
         include_str!("../../migrations/0005_people.sql"),

@@ -1,6 +1,9 @@
 //! What a chat message must look like to be published (CONTRACT §4): `data`
 //! is a JSON object with a non-empty string `text` of at most
-//! [`MAX_TEXT_CHARS`] characters.
+//! [`MAX_TEXT_CHARS`] characters. It may carry `reply_to`, the id of the
+//! message it answers (CONTRACT §7): a UUID string, or null. Whether that
+//! message is in the same room is for history to say (the gateway has no
+//! database); the persister stores only a well-formed id.
 
 use crate::protocol::ProtoError;
 
@@ -14,9 +17,14 @@ pub(crate) fn validate(data: &str, max_bytes: usize) -> Result<(), ProtoError> {
     }
     let value: serde_json::Value =
         serde_json::from_str(data).map_err(|_| ProtoError::BAD_REQUEST)?;
-    let text = value
-        .as_object()
-        .and_then(|o| o.get("text"))
+    let object = value.as_object().ok_or(ProtoError::BAD_REQUEST)?;
+    match object.get("reply_to") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(id)) if id.parse::<uuid::Uuid>().is_ok() => {}
+        Some(_) => return Err(ProtoError::BAD_REQUEST),
+    }
+    let text = object
+        .get("text")
         .and_then(|t| t.as_str())
         .ok_or(ProtoError::BAD_REQUEST)?;
     if text.is_empty() {
@@ -37,6 +45,9 @@ mod tests {
         let max = 16 * 1024;
         assert!(validate(r#"{"text":"hi"}"#, max).is_ok());
         assert!(validate(r#"{"text":"hi","extra":[1,2]}"#, max).is_ok());
+        let reply = r#"{"text":"hi","reply_to":"0190a5c4-7b1e-7cc2-9f00-1a2b3c4d5e6f"}"#;
+        assert!(validate(reply, max).is_ok());
+        assert!(validate(r#"{"text":"hi","reply_to":null}"#, max).is_ok());
         for bad in [
             r#"{"text":""}"#,
             r#"{"text":5}"#,
@@ -44,6 +55,8 @@ mod tests {
             r#""text""#,
             "[1]",
             "null",
+            r#"{"text":"hi","reply_to":"not-a-uuid"}"#,
+            r#"{"text":"hi","reply_to":42}"#,
         ] {
             assert_eq!(validate(bad, max), Err(ProtoError::BAD_REQUEST), "{bad}");
         }

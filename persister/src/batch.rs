@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use confab_common::position::Position;
-use confab_common::record::{RecordError, RoomRecord, TopicRecord};
+use confab_common::record::{RecordError, RecordKind, RoomRecord, TopicRecord};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -20,6 +20,8 @@ pub(crate) struct Entry {
 pub(crate) enum Body {
     /// A row of `messages`.
     Row(Row),
+    /// A change of an earlier message (CONTRACT §7).
+    Change(Change),
     /// A row of `dead_letters`.
     Dead(DeadLetter),
     /// Nothing: a genesis, which only opens an incarnation.
@@ -41,6 +43,51 @@ pub(crate) struct Row {
     pub(crate) ts_ms: i64,
     /// The record's stream position.
     pub(crate) position: Position,
+}
+
+/// What a change record does to the message it names.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ChangeOp {
+    /// The message's text becomes `text`, edited at `edited_at`.
+    Edit {
+        text: String,
+        edited_at: OffsetDateTime,
+    },
+    /// The message is deleted: its data is erased.
+    Delete,
+    /// The record's user reacted with `emoji`.
+    React { emoji: String },
+    /// The record's user took back their `emoji` reaction.
+    Unreact { emoji: String },
+}
+
+/// A change record: applied to its message once, in stream order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Change {
+    /// The change record's id: the key that makes applying it idempotent.
+    pub(crate) id: Uuid,
+    pub(crate) room_id: Uuid,
+    pub(crate) message_id: Uuid,
+    /// Who made the change.
+    pub(crate) user_id: Uuid,
+    pub(crate) op: ChangeOp,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) ts_ms: i64,
+    pub(crate) position: Position,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+impl Change {
+    /// The record kind, as `message_changes.kind` stores it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self.op {
+            ChangeOp::Edit { .. } => RecordKind::MessageEdited.as_str(),
+            ChangeOp::Delete => RecordKind::MessageDeleted.as_str(),
+            ChangeOp::React { .. } => RecordKind::ReactionAdded.as_str(),
+            ChangeOp::Unreact { .. } => RecordKind::ReactionRemoved.as_str(),
+        }
+    }
 }
 
 /// A record that cannot be stored as a message.
@@ -81,7 +128,12 @@ pub(crate) fn entry(
     decoded: Option<Result<TopicRecord, RecordError>>,
 ) -> Entry {
     let body = match decode_body(position, key, decoded) {
-        Ok(Some(row)) => Body::Row(row),
+        Ok(Some(Decoded::Row(row))) => Body::Row(row),
+        Ok(Some(Decoded::Change(mut change))) => {
+            change.partition = partition;
+            change.offset = offset;
+            Body::Change(change)
+        }
         Ok(None) => Body::Skip,
         Err(error) => Body::Dead(DeadLetter {
             key: key.map(<[u8]>::to_vec),
@@ -96,11 +148,16 @@ pub(crate) fn entry(
     }
 }
 
+enum Decoded {
+    Row(Row),
+    Change(Change),
+}
+
 fn decode_body(
     position: Option<Position>,
     key: Option<&[u8]>,
     decoded: Option<Result<TopicRecord, RecordError>>,
-) -> Result<Option<Row>, String> {
+) -> Result<Option<Decoded>, String> {
     let decoded = decoded.ok_or("record has no payload")?;
     let record = match decoded.map_err(|e| e.to_string())? {
         TopicRecord::Genesis(_) => return Ok(None),
@@ -118,7 +175,58 @@ fn decode_body(
     let created_at =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.ts_ms) * 1_000_000)
             .map_err(|e| format!("ts_ms {} is out of range: {e}", record.ts_ms))?;
-    Ok(Some(row(record, created_at, position)))
+    if record.kind.is_change() {
+        return change(&record, created_at, position).map(|c| Some(Decoded::Change(c)));
+    }
+    Ok(Some(Decoded::Row(row(record, created_at, position))))
+}
+
+/// The fields of a change record's data (CONTRACT §7).
+#[derive(serde::Deserialize)]
+struct ChangeData {
+    message_id: Uuid,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    edited_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    emoji: Option<String>,
+}
+
+fn change(
+    record: &RoomRecord,
+    created_at: OffsetDateTime,
+    position: Position,
+) -> Result<Change, String> {
+    let data: ChangeData = serde_json::from_str(record.data.get())
+        .map_err(|e| format!("{} data: {e}", record.kind.as_str()))?;
+    let missing = |field: &str| format!("{} data has no {field}", record.kind.as_str());
+    let op = match record.kind {
+        RecordKind::MessageEdited => ChangeOp::Edit {
+            text: clean_text(&data.text.ok_or_else(|| missing("text"))?),
+            edited_at: data.edited_at.unwrap_or(created_at),
+        },
+        RecordKind::MessageDeleted => ChangeOp::Delete,
+        RecordKind::ReactionAdded => ChangeOp::React {
+            emoji: clean_text(&data.emoji.ok_or_else(|| missing("emoji"))?),
+        },
+        RecordKind::ReactionRemoved => ChangeOp::Unreact {
+            emoji: clean_text(&data.emoji.ok_or_else(|| missing("emoji"))?),
+        },
+        other => return Err(format!("{} is not a change", other.as_str())),
+    };
+    Ok(Change {
+        id: record.id,
+        room_id: record.room_id,
+        message_id: data.message_id,
+        user_id: record.user.id,
+        op,
+        created_at,
+        ts_ms: record.ts_ms,
+        position,
+        partition: 0,
+        offset: 0,
+    })
 }
 
 fn row(record: RoomRecord, created_at: OffsetDateTime, position: Position) -> Row {
@@ -150,6 +258,9 @@ pub(crate) struct Batch {
     pub(crate) next_offsets: BTreeMap<i32, i64>,
     /// The producers' timestamps of the good records.
     pub(crate) ts_ms: Vec<i64>,
+    /// Change records, in stream order: applied after `rows` (a change
+    /// always names an earlier message), one after another.
+    pub(crate) changes: Vec<Change>,
 }
 
 /// Columns of `messages`.
@@ -242,6 +353,10 @@ impl Batch {
             *next = (*next).max(entry.offset + 1);
             match entry.body {
                 Body::Row(row) => rows.push((entry.partition, entry.offset, row)),
+                Body::Change(change) => {
+                    batch.ts_ms.push(change.ts_ms);
+                    batch.changes.push(change);
+                }
                 Body::Dead(dead) => batch.dead.push(entry.partition, entry.offset, dead),
                 Body::Skip => {}
             }
@@ -258,7 +373,7 @@ impl Batch {
 
     /// The number of records in the batch, good and poison.
     pub(crate) fn len(&self) -> usize {
-        self.rows.len() + self.dead.len()
+        self.rows.len() + self.changes.len() + self.dead.len()
     }
 }
 

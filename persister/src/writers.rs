@@ -143,7 +143,7 @@ async fn write(
             }
         }
 
-        let good = batch.rows.len() as u64;
+        let good = (batch.rows.len() + batch.changes.len()) as u64;
         histogram!(m::BATCH_SIZE).record(batch.len() as f64);
         histogram!(m::INSERT_SECONDS).record(took.as_secs_f64());
         counter!(m::PERSISTED).increment(good - stored.refused);

@@ -114,6 +114,19 @@ impl Stack {
         }
     }
 
+    /// Starts one more gateway on the same topic (stopped with the others)
+    /// and waits until it answers `/healthz`.
+    pub async fn add_gateway(&mut self, kafka: &KafkaConfig, db_url: &str) -> SocketAddr {
+        let (l, addr) = listener().await;
+        let config = confab_gateway::Config::from_env(&env(kafka, db_url)).expect("gateway config");
+        let stop = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            confab_gateway::run(config, l, stop).await.expect("gateway");
+        }));
+        wait_healthy(addr, Duration::from_secs(60)).await;
+        addr
+    }
+
     /// Stops all three, as `ops/dev down` does (each drains first).
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -180,7 +193,9 @@ impl Api {
         &self.token
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// Sends one request as this user; panics unless it succeeds. Returns the
+    /// JSON body (`Null` when empty).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));

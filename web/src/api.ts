@@ -1,4 +1,4 @@
-// REST client for auth-api (same origin, relative URLs), per CONTRACT.md §3.
+// REST client for auth-api (same origin, relative URLs), per CONTRACT.md §3 and §7.
 
 export interface User {
   id: string;
@@ -42,14 +42,33 @@ export interface RoomPage {
 
 export type MessageKind = 'message' | 'member_joined' | 'member_left';
 
+/** The reactions of one emoji to a message (CONTRACT §7). */
+export interface Reaction {
+  emoji: string;
+  count: number;
+  /** Whether the caller is one of those who reacted. */
+  me: boolean;
+}
+
 export interface Message {
   id: string;
   room_id: string;
   offset: number;
   kind: MessageKind;
   user: User;
+  /** null once the message is deleted. */
   data: unknown;
   created_at: string;
+  edited_at?: string | null;
+  deleted?: boolean;
+  reply_to?: string | null;
+  reactions?: Reaction[];
+}
+
+/** One page of `GET /api/search`, newest first. */
+export interface SearchPage {
+  messages: Message[];
+  next_before: string | null;
 }
 
 export interface Member {
@@ -178,6 +197,22 @@ export class Api {
   unban(id: string, userId: string): Promise<void> {
     return this.request('DELETE', `/api/rooms/${encodeURIComponent(id)}/bans/${encodeURIComponent(userId)}`);
   }
+  editMessage(room: string, message: string, text: string): Promise<Message> {
+    return this.request('PATCH', `/api/rooms/${encodeURIComponent(room)}/messages/${encodeURIComponent(message)}`, { text });
+  }
+  deleteMessage(room: string, message: string): Promise<void> {
+    return this.request('DELETE', `/api/rooms/${encodeURIComponent(room)}/messages/${encodeURIComponent(message)}`);
+  }
+  react(room: string, message: string, emoji: string, on: boolean): Promise<void> {
+    const path = `/api/rooms/${encodeURIComponent(room)}/messages/${encodeURIComponent(message)}/reactions/${encodeURIComponent(emoji)}`;
+    return this.request(on ? 'PUT' : 'DELETE', path);
+  }
+  search(q: string, roomId?: string | null, before?: string | null, limit = 20): Promise<SearchPage> {
+    const p = new URLSearchParams({ q, limit: String(limit) });
+    if (roomId) p.set('room_id', roomId);
+    if (before) p.set('before', before);
+    return this.request('GET', `/api/search?${p}`);
+  }
   async subscriptionToken(id: string): Promise<string> {
     return (await this.request<{ token: string }>('POST', `/api/rooms/${encodeURIComponent(id)}/subscription-token`)).token;
   }
@@ -199,6 +234,12 @@ export function describeError(e: unknown): string {
         return 'You cannot start a conversation with yourself.';
       case 'network':
         return e.message;
+      case 'not_author':
+        return 'Only the author can edit a message.';
+      case 'not_allowed':
+        return 'Only the author, the owner and moderators can delete a message.';
+      case 'message_deleted':
+        return 'That message was deleted.';
     }
     if (e.status === 404) return 'Not found.';
     if (e.status === 429) return 'Too many attempts. Wait a minute and try again.';

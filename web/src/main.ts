@@ -348,6 +348,7 @@ class App {
             h('h2', null, 'Rooms'),
             h('button', { type: 'button', class: 'ghost small', onclick: () => void this.refreshRooms() }, 'Refresh'),
           ),
+          this.searchForm(),
           this.createRoomForm(),
           this.joinByIdForm(),
           h('h3', { class: 'list-title' }, 'Your rooms and public rooms'),
@@ -375,6 +376,68 @@ class App {
   }
 
   private roomsTimer: number | null = null;
+
+  /** Full-text search over the user's rooms; results open the room at the message. */
+  private searchForm(): HTMLElement {
+    return h(
+      'form',
+      {
+        class: 'search-form',
+        role: 'search',
+        onsubmit: (e: Event) => {
+          e.preventDefault();
+          const q = field(e.target as HTMLFormElement, 'q').trim();
+          if (q) void this.showSearch(q);
+        },
+      },
+      h('input', { type: 'search', name: 'q', placeholder: 'Search messages', 'aria-label': 'Search messages', autocomplete: 'off', maxlength: '256' }),
+      h('button', { type: 'submit', class: 'small' }, 'Search'),
+    );
+  }
+
+  private async showSearch(q: string, before: string | null = null, list?: HTMLOListElement): Promise<void> {
+    if (!this.content) return;
+    if (!list) {
+      this.closeRoom();
+      // Leave the room's address without opening anything, so a result in the
+      // same room opens it again.
+      history.replaceState(null, '', `${location.pathname}${location.search}#/`);
+      this.routeRoomId = null;
+      this.shell?.classList.add('room-open');
+      list = h('ol', { class: 'search-results', 'aria-label': 'Search results' });
+      replace(
+        this.content,
+        h('section', { class: 'search pad' }, h('h2', null, 'Messages matching ', h('q', null, q)), list),
+      );
+    }
+    const target = list;
+    target.querySelector('.more-results')?.remove();
+    try {
+      const page = await this.api.search(q, null, before);
+      if (!page.messages.length && !before) {
+        target.append(h('li', { class: 'muted' }, 'No messages found.'));
+      }
+      for (const m of page.messages) {
+        const room = this.rooms.find((r) => r.id === m.room_id);
+        const text = m.data && typeof m.data === 'object' ? String((m.data as { text?: unknown }).text ?? '') : '';
+        target.append(
+          h('li', null,
+            h('a', { class: 'search-result', href: `#/room/${m.room_id}/m/${m.id}` },
+              h('span', { class: 'result-meta' }, room ? room.name : 'a room', ' · ', m.user.username, ' · ', new Date(m.created_at).toLocaleString()),
+              h('span', { class: 'result-text' }, text))),
+        );
+      }
+      if (page.next_before) {
+        const next = page.next_before;
+        target.append(
+          h('li', { class: 'more-results' },
+            h('button', { type: 'button', class: 'ghost', onclick: () => void this.showSearch(q, next, target) }, 'More results')),
+        );
+      }
+    } catch (e) {
+      target.append(h('li', { class: 'error' }, `Search failed: ${describeError(e)}`));
+    }
+  }
 
   private scheduleRoomsRefresh(): void {
     if (this.roomsTimer !== null) return;
@@ -598,8 +661,9 @@ class App {
 
   private async route(): Promise<void> {
     if (!this.session || !this.content) return;
-    const m = /^#\/room\/([^/?#]+)/.exec(location.hash);
+    const m = /^#\/room\/([^/?#]+)(?:\/m\/([^/?#]+))?/.exec(location.hash);
     const id = m ? decodeURIComponent(m[1]) : null;
+    const jump = m?.[2] ? decodeURIComponent(m[2]) : null;
     this.routeRoomId = id;
     this.shell?.classList.toggle('room-open', id !== null);
     this.renderRooms();
@@ -619,7 +683,10 @@ class App {
       );
       return;
     }
-    if (this.view?.room.id === id) return;
+    if (this.view?.room.id === id) {
+      if (jump) void this.view.jumpTo(jump);
+      return;
+    }
     this.closeRoom();
     replace(this.content, h('p', { class: 'muted pad' }, 'Opening room…'));
     let room: Room | null = null;
@@ -632,7 +699,7 @@ class App {
       }
     }
     if (this.routeRoomId !== id) return; // navigated away meanwhile
-    if (room?.is_member) this.openRoom(room);
+    if (room?.is_member) this.openRoom(room, jump);
     else this.showJoin(id, room);
   }
 
@@ -641,7 +708,7 @@ class App {
     this.view = null;
   }
 
-  private openRoom(room: Room): void {
+  private openRoom(room: Room, jump: string | null = null): void {
     if (!this.client || !this.session || !this.content) return;
     this.closeRoom();
     const view = new RoomView(
@@ -684,7 +751,7 @@ class App {
     );
     this.view = view;
     replace(this.content, view.el);
-    void view.start();
+    void view.start(jump);
     view.focus();
   }
 

@@ -1,6 +1,8 @@
 // The chat view of one room: history from REST (newest page first, older pages on
 // scroll-back), live publications from the gateway through centrifuge-js, inline
-// membership notices, who is online, the send box, invite and leave.
+// membership notices, who is online, the send box, invite and leave; editing,
+// deleting, reacting to and replying to messages (CONTRACT §7), with the changes
+// others make arriving live as publications of their own.
 
 import {
   Centrifuge,
@@ -65,6 +67,64 @@ function userOf(v: unknown): User | null {
   return typeof u.id === 'string' && typeof u.username === 'string' ? { id: u.id, username: u.username } : null;
 }
 
+/** The emoji the reaction picker offers (any emoji or :short_name: is valid). */
+export const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+
+/** One emoji's reactions to a message as this client knows them. */
+interface ReactionState {
+  count: number;
+  me: boolean;
+  /** Others seen reacting live, so a repeated event is not counted twice. */
+  others: Set<string>;
+}
+
+/** A chat message on screen, by id. */
+interface MsgState {
+  id: string;
+  offset: number;
+  userId: string;
+  el: HTMLElement;
+  textEl: HTMLElement;
+  reactionsEl: HTMLElement;
+  text: string;
+  deleted: boolean;
+  replyTo: string | null;
+  reactions: Map<string, ReactionState>;
+}
+
+/** A change of an earlier message, as published on the room's channel. */
+type ChangeEvent =
+  | { type: 'message_edited'; message_id: string; text: string; edited_at: string }
+  | { type: 'message_deleted'; message_id: string }
+  | { type: 'reaction_added' | 'reaction_removed'; message_id: string; emoji: string; user: User };
+
+function changeEvent(data: unknown): ChangeEvent | null {
+  if (!data || typeof data !== 'object') return null;
+  const d = data as Record<string, unknown>;
+  if (typeof d.message_id !== 'string') return null;
+  switch (d.type) {
+    case 'message_edited':
+      return typeof d.text === 'string' ? (d as unknown as ChangeEvent) : null;
+    case 'message_deleted':
+      return d as unknown as ChangeEvent;
+    case 'reaction_added':
+    case 'reaction_removed': {
+      const u = d.user as Record<string, unknown> | undefined;
+      return typeof d.emoji === 'string' && u && typeof u.id === 'string' ? (d as unknown as ChangeEvent) : null;
+    }
+  }
+  return null;
+}
+
+function replyToOf(data: unknown): string | null {
+  if (data && typeof data === 'object') {
+    const r = (data as { reply_to?: unknown }).reply_to;
+    if (typeof r === 'string') return r;
+  }
+  return null;
+}
+
+
 function memberEvent(data: unknown): MemberEvent | null {
   if (!data || typeof data !== 'object') return null;
   const d = data as Record<string, unknown>;
@@ -99,6 +159,20 @@ function textOf(data: unknown): string {
   return JSON.stringify(data);
 }
 
+/** Runs a change of a message, again a few times while the server does not
+ * know the message yet: a message just sent reaches history a moment after
+ * the gateway acknowledged it. */
+async function whenStored<T>(change: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await change();
+    } catch (e) {
+      if (!(e instanceof ApiError && e.code === 'message_not_found') || attempt >= 8) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
 export class RoomView {
   readonly el: HTMLElement;
   private readonly scroller: HTMLDivElement;
@@ -114,6 +188,13 @@ export class RoomView {
 
   private items: Item[] = [];
   private seen = new Set<number>();
+  /** Chat messages on screen, by id. */
+  private msgs = new Map<string, MsgState>();
+  /** Offsets of the change events already applied (recovery may repeat them). */
+  private seenChanges = new Set<number>();
+  /** The message the next send answers. */
+  private replyingTo: string | null = null;
+  private readonly replyBar: HTMLDivElement;
   /** Cursor for the next older REST page; null once history is exhausted. */
   private nextBefore: number | null = null;
   private loadingOlder = false;
@@ -176,6 +257,7 @@ export class RoomView {
       },
     });
     this.sendError = h('p', { class: 'error send-error', role: 'alert' });
+    this.replyBar = h('div', { class: 'reply-bar', hidden: true });
     this.sendForm = h(
       'form',
       { class: 'send', onsubmit: (e: Event) => this.onSend(e) },
@@ -245,14 +327,16 @@ export class RoomView {
       this.seenByEl,
       this.typingEl,
       this.sendError,
+      this.replyBar,
       this.sendForm,
     );
     names.set(host.me.id, host.me.username);
     document.addEventListener('visibilitychange', this.onVisible);
   }
 
-  /** Loads the newest history page, then subscribes from its last offset. */
-  async start(): Promise<void> {
+  /** Loads the newest history page, then subscribes from its last offset;
+   * then shows `jump` (a message id) when given. */
+  async start(jump?: string | null): Promise<void> {
     this.setHistoryTop('loading');
     let since: number | null = null;
     try {
@@ -267,7 +351,24 @@ export class RoomView {
     this.scheduleRead();
     void this.refreshReads();
     this.readsInterval = window.setInterval(() => void this.refreshReads(), READS_EVERY_MS);
-    void this.fillViewport();
+    if (jump) await this.jumpTo(jump);
+    else void this.fillViewport();
+  }
+
+  /** Scrolls to message `id`, loading older pages until it is there, and
+   * highlights it. */
+  async jumpTo(id: string): Promise<void> {
+    for (let i = 0; i < 40 && !this.msgs.has(id) && this.nextBefore !== null && !this.destroyed; i++) {
+      await this.loadOlder();
+    }
+    const m = this.msgs.get(id);
+    if (!m) {
+      this.showSendError('That message is not in this room’s history any more.');
+      return;
+    }
+    m.el.scrollIntoView({ block: 'center' });
+    m.el.classList.add('highlight');
+    setTimeout(() => m.el.classList.remove('highlight'), 2500);
   }
 
   focus(): void {
@@ -308,6 +409,7 @@ export class RoomView {
       // than show a silent gap; older messages load on scroll-back as usual.
       this.items = [];
       this.seen.clear();
+      this.msgs.clear();
       this.list.replaceChildren();
       first = true;
     }
@@ -374,21 +476,249 @@ export class RoomView {
       const ev = memberEvent(m.data);
       const user = ev?.user ?? m.user;
       this.insert(m.offset, this.noticeEl(m.kind, user, when, ev ?? undefined));
-    } else {
-      this.insert(m.offset, this.messageEl(m.user.id, textOf(m.data), when));
+    } else if (!this.msgs.has(m.id)) {
+      const state = this.messageEl(m.id, m.offset, m.user.id, m.deleted ? '' : textOf(m.data), when, m.reply_to ?? null);
+      if (!this.insert(m.offset, state.el)) return;
+      this.msgs.set(m.id, state);
+      for (const r of m.reactions ?? []) state.reactions.set(r.emoji, { count: r.count, me: r.me, others: new Set() });
+      if (m.deleted) this.markDeleted(state);
+      else if (m.edited_at) state.el.classList.add('edited');
+      this.renderReactions(state);
+      this.refreshQuotes(m.id);
     }
   }
 
   // ---- rendering -------------------------------------------------------------
 
-  private messageEl(userId: string, text: string, when: Date): HTMLElement {
+  private messageEl(id: string, offset: number, userId: string, text: string, when: Date, replyTo: string | null): MsgState {
     const mine = userId === this.host.me.id;
-    return h(
+    const textEl = h('div', { class: 'text' }, text);
+    const reactionsEl = h('div', { class: 'reactions', 'aria-label': 'Reactions' });
+    const el = h(
       'li',
-      { class: mine ? 'msg mine' : 'msg', 'data-sender': userId, 'data-ts': String(when.getTime()), title: when.toLocaleString() },
-      h('div', { class: 'meta' }, this.host.names.span(userId, 'sender'), ' ', timeEl(when)),
-      h('div', { class: 'text' }, text),
+      {
+        class: mine ? 'msg mine' : 'msg',
+        'data-sender': userId,
+        'data-message-id': id,
+        'data-ts': String(when.getTime()),
+        title: when.toLocaleString(),
+      },
+      h(
+        'div',
+        { class: 'meta' },
+        this.host.names.span(userId, 'sender'),
+        ' ',
+        timeEl(when),
+        h('span', { class: 'edited-mark' }, ' (edited)'),
+      ),
+      replyTo ? h('button', { type: 'button', class: 'quote', 'data-reply-to': replyTo, onclick: () => void this.jumpTo(replyTo) }) : null,
+      textEl,
+      reactionsEl,
     );
+    const state: MsgState = { id, offset, userId, el, textEl, reactionsEl, text, deleted: false, replyTo, reactions: new Map() };
+    el.append(this.actionsEl(state));
+    if (replyTo) this.renderQuote(el.querySelector('.quote') as HTMLElement, replyTo);
+    return state;
+  }
+
+  /** Reply, react, edit and delete, as far as the caller may. */
+  private actionsEl(m: MsgState): HTMLElement {
+    const mine = m.userId === this.host.me.id;
+    const picker = h(
+      'details',
+      { class: 'react-picker' },
+      h('summary', { 'aria-label': 'Add reaction' }, '☺+'),
+      h(
+        'div',
+        { class: 'react-choices' },
+        QUICK_REACTIONS.map((emoji) =>
+          h('button', {
+            type: 'button',
+            class: 'ghost small',
+            'aria-label': `React ${emoji}`,
+            onclick: (e: Event) => {
+              ((e.currentTarget as HTMLElement).closest('details') as HTMLDetailsElement).open = false;
+              void this.toggleReaction(m, emoji);
+            },
+          }, emoji),
+        ),
+      ),
+    );
+    return h(
+      'div',
+      { class: 'msg-actions' },
+      h('button', { type: 'button', class: 'ghost small', onclick: () => this.startReply(m) }, 'Reply'),
+      picker,
+      mine ? h('button', { type: 'button', class: 'ghost small', onclick: () => this.startEdit(m) }, 'Edit') : null,
+      h('button', { type: 'button', class: 'ghost small delete-action', hidden: !this.mayDelete(m), onclick: () => void this.deleteMessage(m) }, 'Delete'),
+    );
+  }
+
+  private mayDelete(m: MsgState): boolean {
+    const me = this.host.me.id;
+    return m.userId === me || this.room.owner_id === me || this.myRole === 'owner' || this.myRole === 'moderator';
+  }
+
+  private renderQuote(quote: HTMLElement, id: string): void {
+    const target = this.msgs.get(id);
+    const name = target ? (this.host.names.get(target.userId) ?? 'someone') : null;
+    const text = !target ? 'an earlier message' : target.deleted ? 'a deleted message' : target.text;
+    quote.replaceChildren(h('span', { class: 'quote-mark' }, '↪ '), name ? h('strong', null, `${name}: `) : '', text.length > 140 ? `${text.slice(0, 140)}…` : text);
+    quote.setAttribute('aria-label', `Go to the message this answers: ${text}`);
+  }
+
+  /** Redraws the quotes of message `id` (it arrived, or changed). */
+  private refreshQuotes(id: string): void {
+    this.list.querySelectorAll<HTMLElement>('.quote').forEach((q) => {
+      if (q.dataset.replyTo === id) this.renderQuote(q, id);
+    });
+  }
+
+  private renderReactions(m: MsgState): void {
+    const buttons: HTMLElement[] = [];
+    for (const [emoji, r] of m.reactions) {
+      if (r.count <= 0) continue;
+      buttons.push(
+        h('button', {
+          type: 'button',
+          class: r.me ? 'reaction me' : 'reaction',
+          'data-emoji': emoji,
+          'aria-pressed': String(r.me),
+          'aria-label': `${emoji} ${r.count}`,
+          onclick: () => void this.toggleReaction(m, emoji),
+        }, `${emoji} `, h('span', { class: 'count' }, String(r.count))),
+      );
+    }
+    m.reactionsEl.replaceChildren(...buttons);
+  }
+
+  private markDeleted(m: MsgState): void {
+    m.deleted = true;
+    m.text = '';
+    m.reactions.clear();
+    m.el.classList.add('deleted');
+    m.textEl.textContent = 'This message was deleted.';
+    m.el.querySelector('.msg-actions')?.remove();
+    this.renderReactions(m);
+    if (this.replyingTo === m.id) this.cancelReply();
+    this.refreshQuotes(m.id);
+  }
+
+  /** Applies a change event (live or recovered) to the message it names. */
+  private applyChange(ev: ChangeEvent): void {
+    const m = this.msgs.get(ev.message_id);
+    // Not on screen: history shows it changed when it is loaded.
+    if (!m || m.deleted) return;
+    switch (ev.type) {
+      case 'message_edited':
+        m.text = ev.text;
+        if (!m.el.classList.contains('editing')) m.textEl.textContent = ev.text;
+        m.el.classList.add('edited');
+        this.refreshQuotes(m.id);
+        break;
+      case 'message_deleted':
+        this.markDeleted(m);
+        break;
+      case 'reaction_added':
+      case 'reaction_removed': {
+        const r = m.reactions.get(ev.emoji) ?? { count: 0, me: false, others: new Set<string>() };
+        const isMe = ev.user.id === this.host.me.id;
+        if (ev.type === 'reaction_added') {
+          if (isMe ? r.me : r.others.has(ev.user.id)) return;
+          r.count += 1;
+          if (isMe) r.me = true;
+          else r.others.add(ev.user.id);
+        } else if (isMe) {
+          if (!r.me) return;
+          r.me = false;
+          r.count -= 1;
+        } else {
+          r.others.delete(ev.user.id);
+          if (r.count <= (r.me ? 1 : 0)) return;
+          r.count -= 1;
+        }
+        m.reactions.set(ev.emoji, r);
+        this.renderReactions(m);
+        break;
+      }
+    }
+  }
+
+  private async toggleReaction(m: MsgState, emoji: string): Promise<void> {
+    const on = !m.reactions.get(emoji)?.me;
+    try {
+      await whenStored(() => this.host.api.react(this.room.id, m.id, emoji, on));
+      // The live event updates the count; this covers a slow subscription.
+      this.applyChange({ type: on ? 'reaction_added' : 'reaction_removed', message_id: m.id, emoji, user: this.host.me });
+    } catch (err) {
+      this.showSendError(`Could not react: ${describeError(err)}`);
+    }
+  }
+
+  private startEdit(m: MsgState): void {
+    if (m.el.classList.contains('editing') || m.deleted) return;
+    m.el.classList.add('editing');
+    const box = h('textarea', { class: 'edit-box', 'aria-label': 'Edit message', maxlength: String(MAX_TEXT), rows: '2' });
+    box.value = m.text;
+    const done = (): void => {
+      m.el.classList.remove('editing');
+      m.textEl.replaceChildren(m.deleted ? 'This message was deleted.' : m.text);
+    };
+    const save = async (): Promise<void> => {
+      const text = box.value;
+      if (!text.trim()) return;
+      try {
+        const edited = await whenStored(() => this.host.api.editMessage(this.room.id, m.id, text));
+        m.text = textOf(edited.data);
+        m.el.classList.add('edited');
+        done();
+        this.refreshQuotes(m.id);
+      } catch (err) {
+        this.showSendError(`Could not edit: ${describeError(err)}`);
+      }
+    };
+    box.addEventListener('keydown', (e: KeyboardEvent) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        void save();
+      } else if (e.key === 'Escape') {
+        done();
+      }
+    });
+    m.textEl.replaceChildren(
+      box,
+      h('div', { class: 'edit-actions' },
+        h('button', { type: 'button', class: 'primary small', onclick: () => void save() }, 'Save'),
+        h('button', { type: 'button', class: 'ghost small', onclick: done }, 'Cancel')),
+    );
+    box.focus();
+  }
+
+  private async deleteMessage(m: MsgState): Promise<void> {
+    try {
+      await whenStored(() => this.host.api.deleteMessage(this.room.id, m.id));
+      this.markDeleted(m);
+    } catch (err) {
+      this.showSendError(`Could not delete: ${describeError(err)}`);
+    }
+  }
+
+  private startReply(m: MsgState): void {
+    this.replyingTo = m.id;
+    const name = this.host.names.get(m.userId) ?? 'someone';
+    this.replyBar.hidden = false;
+    replace(
+      this.replyBar,
+      h('span', { class: 'reply-to-label' }, 'Replying to ', h('strong', null, name), ': ', m.text.length > 80 ? `${m.text.slice(0, 80)}…` : m.text),
+      h('button', { type: 'button', class: 'ghost small', 'aria-label': 'Cancel reply', onclick: () => this.cancelReply() }, '✕'),
+    );
+    this.input.focus();
+  }
+
+  private cancelReply(): void {
+    this.replyingTo = null;
+    this.replyBar.hidden = true;
+    this.replyBar.replaceChildren();
   }
 
   private noticeEl(kind: 'member_joined' | 'member_left', user: User, when: Date, ev?: MemberEvent): HTMLElement {
@@ -538,8 +868,17 @@ export class RoomView {
     }
     const stick = this.nearBottom();
     const ev = memberEvent(ctx.data);
+    const change = changeEvent(ctx.data);
     const now = new Date();
     let mine = false;
+    if (change) {
+      if (typeof ctx.offset === 'number') {
+        if (this.seenChanges.has(ctx.offset)) return;
+        this.seenChanges.add(ctx.offset);
+      }
+      this.applyChange(change);
+      return;
+    }
     if (ev) {
       if (this.insert(ctx.offset, this.noticeEl(ev.type, ev.user, now, ev))) this.host.onMembership();
       if (ev.type === 'member_left' && ev.user.id === this.host.me.id) {
@@ -559,7 +898,14 @@ export class RoomView {
       else if (userId && !this.host.names.has(userId)) this.scheduleMembersRefresh();
       mine = userId === this.host.me.id;
       this.hideTyping(userId);
-      this.insert(ctx.offset, this.messageEl(userId, textOf(ctx.data), now));
+      const id = (ctx.tags as Record<string, string> | undefined)?.message_id ?? `live-${ctx.offset ?? Math.random()}`;
+      if (!this.msgs.has(id)) {
+        const state = this.messageEl(id, ctx.offset ?? 0, userId, textOf(ctx.data), now, replyToOf(ctx.data));
+        if (this.insert(ctx.offset, state.el)) {
+          this.msgs.set(id, state);
+          this.refreshQuotes(id);
+        }
+      }
     }
     if (stick || mine) this.scrollToBottom();
   }
@@ -633,7 +979,14 @@ export class RoomView {
       .then((members) => {
         if (this.destroyed) return;
         for (const m of members) this.host.names.set(m.user.id, m.user.username);
-        this.myRole = members.find((m) => m.user.id === this.host.me.id)?.role ?? null;
+        const role = members.find((m) => m.user.id === this.host.me.id)?.role ?? null;
+        if (role !== this.myRole) {
+          this.myRole = role;
+          for (const m of this.msgs.values()) {
+            const del = m.el.querySelector<HTMLElement>('.delete-action');
+            if (del) del.hidden = !this.mayDelete(m);
+          }
+        }
         this.renderMembers(members);
       })
       .catch(() => undefined);
@@ -800,8 +1153,10 @@ export class RoomView {
     this.input.value = '';
     this.autosize();
     this.sendError.textContent = '';
+    const replyTo = this.replyingTo;
+    this.cancelReply();
     try {
-      await this.sub.publish({ text });
+      await this.sub.publish(replyTo ? { text, reply_to: replyTo } : { text });
     } catch (err) {
       if (!this.input.value) this.input.value = text;
       const { code, message } = (err ?? {}) as { code?: number; message?: string };

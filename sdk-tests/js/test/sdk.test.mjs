@@ -719,3 +719,42 @@ test('gateway SIGTERM: the SDK is told to reconnect, and recovers on the restart
     g.stopAll();
   }
 });
+
+test('publications carry tags.message_id; edits, reactions and deletes arrive as publications in order', T, async () => {
+  const { room, members } = await roomWith(2);
+  const [a, b] = members;
+  await a.rec.sub.publish({ text: 'first' });
+  for (const m of members) await waitFor(() => chat(m.rec.pubs).length >= 1, 10000, describeAll(members));
+  const first = chat(b.rec.pubs)[0];
+  const id = first.tags?.message_id;
+  assert.match(id ?? '', /^[0-9a-f-]{36}$/, `tags.message_id: ${JSON.stringify(first)}`);
+  await a.rec.sub.publish({ text: 'an answer', reply_to: id });
+  for (const m of members) await waitFor(() => chat(m.rec.pubs).length >= 2, 10000, describeAll(members));
+  assert.equal(chat(b.rec.pubs)[1].data.reply_to, id);
+  // The id is the REST Message.id, once the persister stored it.
+  let stored = null;
+  for (let i = 0; i < 100 && !stored; i++) {
+    const { json } = await api('GET', `/api/rooms/${room.id}/messages`, { token: a.u.token, expect: 200 });
+    stored = json.messages.find((m) => m.id === id) ?? null;
+    if (!stored) await sleep(100);
+  }
+  assert.ok(stored, 'the message is in history under its tags.message_id');
+  assert.equal(stored.offset, first.offset);
+
+  const base = `/api/rooms/${room.id}/messages/${id}`;
+  const edited = (await api('PATCH', base, { body: { text: 'first!' }, token: a.u.token, expect: 200 })).json;
+  await api('PUT', `${base}/reactions/${encodeURIComponent('🎉')}`, { token: b.u.token, expect: 204 });
+  await api('DELETE', base, { token: a.u.token, expect: 204 });
+  const kinds = ['message_edited', 'reaction_added', 'message_deleted'];
+  const changes = (m) => m.rec.pubs.filter((p) => kinds.includes(p.data?.type));
+  for (const m of members) await waitFor(() => changes(m).length >= 3, 10000, describeAll(members));
+  for (const m of members) {
+    const got = changes(m);
+    assert.deepEqual(got.map((p) => p.data), [
+      { type: 'message_edited', message_id: id, text: 'first!', edited_at: edited.edited_at },
+      { type: 'reaction_added', message_id: id, emoji: '🎉', user: b.u.user },
+      { type: 'message_deleted', message_id: id },
+    ]);
+    assertStrictlyIncreasing(m.rec.pubs.map((p) => p.offset), m.u.user.username);
+  }
+});

@@ -554,3 +554,42 @@ async def test_repeated_transport_loss_under_continuous_publishing():
     assert [p.data["text"] for p in chat(sa.pubs)] == want
     assert [p.data["text"] for p in chat(sb.pubs)] == want
     assert [p.offset for p in chat(sb.pubs)] == [p.offset for p in chat(sa.pubs)]
+
+
+async def test_message_id_tags_and_change_events():
+    room, members = await room_with(2)
+    (ca, sa, _), (cb, sb, _) = members
+    await sa.sub.publish({"text": "first"})
+    for conn, rec, _ in members:
+        await wait_for(lambda: len(chat(rec.pubs)) >= 1, 10, describe(ca, cb))
+    first = chat(sb.pubs)[0]
+    mid = (first.tags or {}).get("message_id", "")
+    assert len(mid) == 36, f"tags.message_id: {first.tags!r}"
+
+    stored = None
+    for _ in range(100):
+        _, page = await api("GET", f"/api/rooms/{room['id']}/messages", token=ca.user.token, expect=200)
+        stored = next((m for m in page["messages"] if m["id"] == mid), None)
+        if stored:
+            break
+        await asyncio.sleep(0.1)
+    assert stored and stored["offset"] == first.offset
+
+    base = f"/api/rooms/{room['id']}/messages/{mid}"
+    _, edited = await api("PATCH", base, body={"text": "first!"}, token=ca.user.token, expect=200)
+    await api("PUT", f"{base}/reactions/:tada:", token=cb.user.token, expect=204)
+    await api("DELETE", base, token=ca.user.token, expect=204)
+
+    def changes(rec):
+        return [p.data for p in rec.pubs if isinstance(p.data, dict) and p.data.get("type") in
+                ("message_edited", "reaction_added", "message_deleted")]
+
+    for conn, rec, _ in members:
+        await wait_for(lambda: len(changes(rec)) >= 3, 10, describe(ca, cb))
+        assert changes(rec) == [
+            {"type": "message_edited", "message_id": mid, "text": "first!", "edited_at": edited["edited_at"]},
+            {"type": "reaction_added", "message_id": mid, "emoji": ":tada:",
+             "user": {"id": cb.user.id, "username": cb.user.username}},
+            {"type": "message_deleted", "message_id": mid},
+        ]
+        assert_strictly_increasing([p.offset for p in rec.pubs], conn.user.username)
