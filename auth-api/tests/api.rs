@@ -948,9 +948,13 @@ async fn history_pages_newest_first_with_exact_data() {
         [
             "created_at",
             "data",
+            "deleted",
+            "edited_at",
             "id",
             "kind",
             "offset",
+            "reactions",
+            "reply_to",
             "room_id",
             "user"
         ]
@@ -1526,6 +1530,18 @@ async fn healthz_metrics_and_openapi() {
         ("/api/rooms/{id}/members", "get"),
         ("/api/rooms/{id}/messages", "get"),
         ("/api/rooms/{id}/subscription-token", "post"),
+        // CONTRACT §7
+        ("/api/rooms/{id}/messages/{message_id}", "patch"),
+        ("/api/rooms/{id}/messages/{message_id}", "delete"),
+        (
+            "/api/rooms/{id}/messages/{message_id}/reactions/{emoji}",
+            "put",
+        ),
+        (
+            "/api/rooms/{id}/messages/{message_id}/reactions/{emoji}",
+            "delete",
+        ),
+        ("/api/search", "get"),
         // CONTRACT §8
         ("/api/dms", "post"),
         ("/api/rooms/{id}/read", "post"),
@@ -1547,7 +1563,9 @@ async fn healthz_metrics_and_openapi() {
             // And the router serves it (no 404 not_found / 405 for the route).
             let concrete = path
                 .replace("{id}", &id.to_string())
-                .replace("{user_id}", &Uuid::nil().to_string());
+                .replace("{user_id}", &Uuid::nil().to_string())
+                .replace("{message_id}", &Uuid::nil().to_string())
+                .replace("{emoji}", ":thumbsup:");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, bytes) =
                 raw(&h.app, m, &concrete, Some(&a), Some(b"{}".to_vec()), &[]).await;
