@@ -152,14 +152,14 @@ mod tests {
         );
         let page = &doc["components"]["schemas"]["MessagePage"]["properties"];
         assert_eq!(page["next_before"]["type"][1], "null");
-        // The room list pages: `limit` and `after` in, `next_after` out.
+        // The room list pages: `limit`, `after` and `member` in, `next_after` out.
         let params: Vec<&str> = doc["paths"]["/api/rooms"]["get"]["parameters"]
             .as_array()
             .unwrap()
             .iter()
             .map(|p| p["name"].as_str().unwrap())
             .collect();
-        assert_eq!(params, ["limit", "after"]);
+        assert_eq!(params, ["limit", "after", "member"]);
         let list = &doc["components"]["schemas"]["RoomList"]["properties"];
         assert_eq!(list["next_after"]["type"][1], "null");
         assert!(list["rooms"].is_object());

@@ -16,6 +16,8 @@
 //!   that still answers 201.
 //! - `GET /api/rooms` pages in creation order (room ids are UUIDv7): `limit`
 //!   (default 50, at most 200) and `after`, the previous page's `next_after`.
+//!   `member=true` pages only the caller's rooms (member or invited), so a
+//!   client can show all of them whatever number of public rooms came first.
 //!   Member counts are kept in `rooms.member_count` by a trigger, so a page
 //!   costs no count per row.
 //!
@@ -357,8 +359,8 @@ pub async fn create_room(
     Ok((StatusCode::CREATED, Json(room)))
 }
 
-/// Reads `limit` and `after` from the query string.
-fn room_page_params(query: &HashMap<String, String>) -> Result<(i64, Uuid), ApiError> {
+/// Reads `limit`, `after` and `member` from the query string.
+fn room_page_params(query: &HashMap<String, String>) -> Result<(i64, Uuid, bool), ApiError> {
     let limit = crate::history::parse_limit(query)?;
     let after = match query
         .get("after")
@@ -373,20 +375,33 @@ fn room_page_params(query: &HashMap<String, String>) -> Result<(i64, Uuid), ApiE
             )
         })?,
     };
-    Ok((limit, after))
+    let member = match query.get("member").map(|s| s.trim()) {
+        None | Some("" | "false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_member",
+                "member must be true or false",
+            ))
+        }
+    };
+    Ok((limit, after, member))
 }
 
-/// Every public room, plus the private rooms the caller belongs or is invited to.
+/// Every public room, plus the private rooms the caller belongs or is invited
+/// to; with `member=true`, only the rooms the caller belongs or is invited to
+/// (what a client's sidebar lists, however many public rooms there are).
 #[utoipa::path(
     get, path = "/api/rooms", tag = "rooms",
     security(("bearer" = [])),
     params(
         ("limit" = Option<i64>, Query, minimum = 1, description = "Page size, default 50, capped at 200; must be positive"),
         ("after" = Option<Uuid>, Query, description = "Only rooms created after this one (exclusive): the previous page's `next_after`"),
+        ("member" = Option<bool>, Query, description = "`true`: only rooms the caller is a member of or invited to"),
     ),
     responses(
         (status = 200, description = "A page of visible rooms in creation order", body = RoomList),
-        (status = 400, description = "Bad `limit` or `after`", body = ErrorBody),
+        (status = 400, description = "Bad `limit`, `after` or `member`", body = ErrorBody),
         (status = 401, description = "Missing, forged or expired token", body = ErrorBody),
     )
 )]
@@ -397,13 +412,14 @@ pub async fn list_rooms(
 ) -> Result<Json<RoomList>, ApiError> {
     let Query(query) =
         query.map_err(|_| ApiError::bad_request("invalid_query", "malformed query string"))?;
-    let (limit, after) = room_page_params(&query)?;
+    let (limit, after, member_only) = room_page_params(&query)?;
     let conn = state.db().await?;
     // Keyset over the three ways a room is visible, each read in id order
     // from its own index and cut at the page size, then merged.
     let sql = format!(
         "WITH visible AS (
-            (SELECT id FROM rooms WHERE visibility = 'public' AND id > $2 ORDER BY id LIMIT $3)
+            (SELECT id FROM rooms WHERE visibility = 'public' AND NOT $4 AND id > $2
+             ORDER BY id LIMIT $3)
             UNION
             (SELECT room_id FROM room_members WHERE user_id = $1 AND room_id > $2
              ORDER BY room_id LIMIT $3)
@@ -417,7 +433,9 @@ pub async fn list_rooms(
          ORDER BY r.id"
     );
     let fetch = limit + 1;
-    let rows = conn.query(&sql, &[&caller.id, &after, &fetch]).await?;
+    let rows = conn
+        .query(&sql, &[&caller.id, &after, &fetch, &member_only])
+        .await?;
     let more = rows.len() as i64 > limit;
     let rooms: Vec<Room> = rows
         .iter()

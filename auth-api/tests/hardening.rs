@@ -589,14 +589,15 @@ async fn login_and_history_answer_while_joins_wait_for_a_dead_broker() {
 
 // ---------------------------------------------------------------- room list
 
-async fn all_room_pages(h: &Harness, token: &str, limit: u32) -> (Vec<Uuid>, usize) {
+/// Pages through `GET /api/rooms?limit=N{extra}` to the end.
+async fn all_room_pages(h: &Harness, token: &str, limit: u32, extra: &str) -> (Vec<Uuid>, usize) {
     let mut ids = Vec::new();
     let mut pages = 0;
     let mut after: Option<String> = None;
     loop {
         let path = match &after {
-            None => format!("/api/rooms?limit={limit}"),
-            Some(a) => format!("/api/rooms?limit={limit}&after={a}"),
+            None => format!("/api/rooms?limit={limit}{extra}"),
+            Some(a) => format!("/api/rooms?limit={limit}&after={a}{extra}"),
         };
         let (status, body) = h.get(&path, token).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -623,14 +624,18 @@ async fn the_room_list_pages_every_visible_room_exactly_once() {
     let (_, a) = h.user("alice").await;
     let (_, b) = h.user("bob").await;
     let mut visible_to_b = Vec::new();
+    let mut public = HashSet::new();
     for i in 0..13 {
         let id = match i % 3 {
             0 => {
-                h.room(
-                    &a,
-                    json!({"name": format!("pub{i}"), "visibility": "public"}),
-                )
-                .await
+                let id = h
+                    .room(
+                        &a,
+                        json!({"name": format!("pub{i}"), "visibility": "public"}),
+                    )
+                    .await;
+                public.insert(id);
+                id
             }
             1 => {
                 // Private and not for bob: never listed for him.
@@ -666,7 +671,7 @@ async fn the_room_list_pages_every_visible_room_exactly_once() {
             .await,
     );
 
-    let (ids, pages) = all_room_pages(&h, &b, 4).await;
+    let (ids, pages) = all_room_pages(&h, &b, 4, "").await;
     assert_eq!(ids.len(), visible_to_b.len(), "{ids:?}");
     assert_eq!(
         ids.iter().collect::<HashSet<_>>().len(),
@@ -679,6 +684,19 @@ async fn the_room_list_pages_every_visible_room_exactly_once() {
     );
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "creation (id) order");
     assert_eq!(pages, visible_to_b.len().div_ceil(4).max(1));
+
+    // member=true: only the rooms bob belongs or is invited to, in the same
+    // order and paging, whatever public rooms come before them.
+    let (own, _) = all_room_pages(&h, &b, 2, "&member=true").await;
+    let expected: Vec<Uuid> = visible_to_b
+        .iter()
+        .filter(|id| !public.contains(*id))
+        .copied()
+        .collect();
+    assert_eq!(own, expected);
+    let (status, body) = h.get("/api/rooms?member=yes", &b).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_member");
 
     // Member counts are right on every page.
     let (_, page) = h.get("/api/rooms?limit=200", &b).await;
@@ -748,7 +766,7 @@ async fn the_room_list_limit_defaults_caps_and_rejects() {
         "capped at 200"
     );
     assert!(body["next_after"].is_string());
-    let (ids, _) = all_room_pages(&h, &a, 200).await;
+    let (ids, _) = all_room_pages(&h, &a, 200, "").await;
     assert_eq!(ids.len(), 260);
     for bad in ["limit=0", "limit=-1", "limit=x", "after=not-a-uuid"] {
         let (status, body) = h.get(&format!("/api/rooms?{bad}"), &a).await;

@@ -144,9 +144,12 @@ export class Api {
     return this.request('GET', '/api/me');
   }
   /** One page of the room list; pass the previous page's `next_after` for the next. */
-  roomsPage(limit: number, after?: string | null): Promise<RoomPage> {
+  /** A page of the visible rooms, or with `member` of the caller's own
+   * (member or invited) only. */
+  roomsPage(limit: number, after?: string | null, member = false): Promise<RoomPage> {
     const q = new URLSearchParams({ limit: String(limit) });
     if (after) q.set('after', after);
+    if (member) q.set('member', 'true');
     return this.request('GET', `/api/rooms?${q}`);
   }
   room(id: string): Promise<Room> {

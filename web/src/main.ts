@@ -447,19 +447,26 @@ class App {
     }, 1000);
   }
 
-  /** Reloads the room list: as many pages as were loaded before. */
+  /** Reloads the room list: every room of the caller's (however many
+   * public rooms come before them), and as many pages of all visible rooms
+   * as were loaded before. */
   private async refreshRooms(): Promise<void> {
     try {
-      const rooms: Room[] = [];
+      const rooms = new Map<string, Room>();
       let after: string | null = null;
+      do {
+        const page = await this.api.roomsPage(ROOM_PAGE, after, true);
+        for (const r of page.rooms) rooms.set(r.id, r);
+        after = page.next_after;
+      } while (after);
       let pages = 0;
       do {
         const page = await this.api.roomsPage(ROOM_PAGE, after);
-        rooms.push(...page.rooms);
+        for (const r of page.rooms) if (!rooms.has(r.id)) rooms.set(r.id, r);
         after = page.next_after;
         pages += 1;
       } while (after && pages < this.roomPages);
-      this.rooms = rooms;
+      this.rooms = [...rooms.values()];
       this.roomsNextAfter = after;
       this.roomPages = pages;
       this.renderRooms();
