@@ -17,78 +17,28 @@
 //! `CONFAB_BENCH_MESSAGES` (default 1000000) and `CONFAB_BENCH_REQUESTS`
 //! (default 2000 per case) change the sizes.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
-use confab_auth_api::{app, AppState, Config};
-use confab_common::config::Env;
-use confab_common::jwt::JwtKeys;
-use confab_common::testing::{TestDb, TEST_JWT_SECRET};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::{Method, StatusCode};
+use confab_common::testing::TestDb;
 use uuid::Uuid;
 
-fn env_num(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p99 = percentile(&samples, 0.99);
-    println!(
-        "{name:<28} n={:<5} p50={:.3}ms p90={:.3}ms p99={:.3}ms max={:.3}ms",
-        samples.len(),
-        ms(percentile(&samples, 0.50)),
-        ms(percentile(&samples, 0.90)),
-        ms(p99),
-        ms(*samples.last().unwrap()),
-    );
-    p99
-}
-
 async fn fetch(app: &axum::Router, path: &str, token: &str) -> Duration {
-    let request = Request::builder()
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
-    let started = Instant::now();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let elapsed = started.elapsed();
+    let (elapsed, status, body) = support::send(app, Method::GET, path, token, None).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert!(body.len() > 100);
     elapsed
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
-    // then this only checks that it builds.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {
-    let total = env_num("CONFAB_BENCH_MESSAGES", 1_000_000) as i64;
-    let requests = env_num("CONFAB_BENCH_REQUESTS", 2000) as usize;
+    let total = support::env_num("CONFAB_BENCH_MESSAGES", 1_000_000) as i64;
+    let requests = support::env_num("CONFAB_BENCH_REQUESTS", 2000) as usize;
 
     let db = TestDb::create().await;
     let sql = confab_common::db::connect(&db.url).await.unwrap();
@@ -144,25 +94,8 @@ async fn bench() {
         started.elapsed().as_secs_f64()
     );
 
-    let env = Env::from_pairs([
-        ("DATABASE_URL", db.url.as_str()),
-        (
-            "KAFKA_BROKERS",
-            std::env::var("KAFKA_BROKERS")
-                .unwrap_or_else(|_| "127.0.0.1:1".into())
-                .as_str(),
-        ),
-        ("CONFAB_JWT_SECRET", TEST_JWT_SECRET),
-        ("CONFAB_WEB_DIR", "/nonexistent"),
-    ]);
-    let config = Config::from_env(&env).unwrap();
-    let app = app(AppState::new(&config).unwrap());
-    let keys = JwtKeys::new(
-        TEST_JWT_SECRET.as_bytes(),
-        Duration::from_secs(3600),
-        Duration::from_secs(60),
-    );
-    let (token, _) = keys.issue_access(user, "bench");
+    let app = support::service(&db.url);
+    let token = support::token(user);
     let first = format!("/api/rooms/{room}/messages?limit=50");
 
     for _ in 0..200 {
@@ -172,7 +105,7 @@ async fn bench() {
     for _ in 0..requests {
         samples.push(fetch(&app, &first, &token).await);
     }
-    let p99_first = report("first page (limit=50)", samples);
+    let p99_first = support::report("first page (limit=50)", samples);
 
     // Deep pages at cursors spread over the whole history (a cheap LCG).
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -185,7 +118,7 @@ async fn bench() {
         let path = format!("/api/rooms/{room}/messages?limit=50&before={before}");
         samples.push(fetch(&app, &path, &token).await);
     }
-    let p99_deep = report("deep pages (limit=50)", samples);
+    let p99_deep = support::report("deep pages (limit=50)", samples);
 
     // Walking backwards from the newest page, as a client scrolls.
     let mut samples = Vec::with_capacity(requests);
@@ -195,7 +128,7 @@ async fn bench() {
         samples.push(fetch(&app, &path, &token).await);
         before -= 56;
     }
-    let p99_walk = report("sequential paging", samples);
+    let p99_walk = support::report("sequential paging", samples);
 
     // The filled database is a few hundred MB: drop it.
     drop(app);

@@ -22,44 +22,13 @@
 //! 1000000) and `CONFAB_BENCH_REQUESTS` (default 1000 per page) change the
 //! sizes.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use confab_auth_api::{app, AppState, Config};
-use confab_common::config::Env;
-use confab_common::jwt::JwtKeys;
-use confab_common::testing::{TestDb, TEST_JWT_SECRET};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::{Method, StatusCode};
+use confab_common::testing::TestDb;
 use uuid::Uuid;
-
-fn env_num(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p99 = percentile(&samples, 0.99);
-    println!(
-        "{name:<28} n={:<5} p50={:.3}ms p90={:.3}ms p99={:.3}ms max={:.3}ms",
-        samples.len(),
-        ms(percentile(&samples, 0.50)),
-        ms(percentile(&samples, 0.90)),
-        ms(p99),
-        ms(*samples.last().unwrap()),
-    );
-    p99
-}
 
 async fn send(
     app: &axum::Router,
@@ -68,43 +37,19 @@ async fn send(
     token: &str,
     body: Option<String>,
 ) -> (Duration, StatusCode, serde_json::Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    if body.is_some() {
-        request = request.header(header::CONTENT_TYPE, "application/json");
-    }
-    let request = request
-        .body(body.map(Body::from).unwrap_or_else(Body::empty))
-        .unwrap();
-    let started = Instant::now();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let elapsed = started.elapsed();
+    let (elapsed, status, bytes) = support::send(app, method, path, token, body).await;
     let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (elapsed, status, value)
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
-    // then this only checks that it builds.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {
-    let rooms = env_num("CONFAB_BENCH_ROOMS", 500) as i64;
-    let total = env_num("CONFAB_BENCH_MESSAGES", 1_000_000) as i64;
-    let requests = env_num("CONFAB_BENCH_REQUESTS", 1000) as usize;
+    let rooms = support::env_num("CONFAB_BENCH_ROOMS", 500) as i64;
+    let total = support::env_num("CONFAB_BENCH_MESSAGES", 1_000_000) as i64;
+    let requests = support::env_num("CONFAB_BENCH_REQUESTS", 1000) as usize;
     let per_room = total / rooms;
 
     let db = TestDb::create().await;
@@ -160,25 +105,8 @@ async fn bench() {
         started.elapsed().as_secs_f64()
     );
 
-    let env = Env::from_pairs([
-        ("DATABASE_URL", db.url.as_str()),
-        (
-            "KAFKA_BROKERS",
-            std::env::var("KAFKA_BROKERS")
-                .unwrap_or_else(|_| "127.0.0.1:1".into())
-                .as_str(),
-        ),
-        ("CONFAB_JWT_SECRET", TEST_JWT_SECRET),
-        ("CONFAB_WEB_DIR", "/nonexistent"),
-    ]);
-    let config = Config::from_env(&env).unwrap();
-    let app = app(AppState::new(&config).unwrap());
-    let keys = JwtKeys::new(
-        TEST_JWT_SECRET.as_bytes(),
-        Duration::from_secs(3600),
-        Duration::from_secs(60),
-    );
-    let (token, _) = keys.issue_access(user, "bench");
+    let app = support::service(&db.url);
+    let token = support::token(user);
 
     // Half the rooms read halfway, through the API.
     let mut reads = Vec::new();
@@ -194,7 +122,7 @@ async fn bench() {
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
         reads.push(elapsed);
     }
-    report("mark read (halfway)", reads);
+    support::report("mark read (halfway)", reads);
 
     // The pages of the room list, and a check of the counts they carry.
     let mut pages = Vec::new();
@@ -233,7 +161,10 @@ async fn bench() {
         for _ in 0..requests {
             samples.push(send(&app, Method::GET, path, &token, None).await.0);
         }
-        worst = worst.max(report(&format!("room list page {}", i + 1), samples));
+        worst = worst.max(support::report(
+            &format!("room list page {}", i + 1),
+            samples,
+        ));
     }
 
     drop(app);

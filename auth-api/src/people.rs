@@ -479,6 +479,22 @@ async fn caller_role<C: GenericClient>(
     }
 }
 
+/// 403: the caller is neither the owner nor a moderator.
+fn not_a_moderator() -> ApiError {
+    ApiError::forbidden(
+        "not_a_moderator",
+        "only the owner and moderators may do this",
+    )
+}
+
+/// 403: nobody kicks or bans the owner.
+fn cannot_moderate_owner() -> ApiError {
+    ApiError::forbidden(
+        "cannot_moderate_owner",
+        "the owner cannot be kicked or banned",
+    )
+}
+
 /// Checks that the caller may kick or ban `target` in `room`.
 fn check_moderation(
     room: &RoomRow,
@@ -487,10 +503,7 @@ fn check_moderation(
     target: Uuid,
 ) -> Result<(), ApiError> {
     if !role.moderates() {
-        return Err(ApiError::forbidden(
-            "not_a_moderator",
-            "only the owner and moderators may do this",
-        ));
+        return Err(not_a_moderator());
     }
     if target == caller {
         return Err(ApiError::conflict(
@@ -499,10 +512,7 @@ fn check_moderation(
         ));
     }
     if target == room.owner_id {
-        return Err(ApiError::forbidden(
-            "cannot_moderate_owner",
-            "the owner cannot be kicked or banned",
-        ));
+        return Err(cannot_moderate_owner());
     }
     Ok(())
 }
@@ -616,10 +626,7 @@ pub async fn kick(
         .await?
         .ok_or_else(member_not_found)?;
     if member.role == Role::Owner {
-        return Err(ApiError::forbidden(
-            "cannot_moderate_owner",
-            "the owner cannot be kicked or banned",
-        ));
+        return Err(cannot_moderate_owner());
     }
     let record = removal(target.room, member.user, user_ref(&caller), "kicked");
     let (room, user) = (target.room, target.user);
@@ -700,10 +707,7 @@ pub async fn ban(
     };
     match member {
         Some(member) if member.role == Role::Owner => {
-            return Err(ApiError::forbidden(
-                "cannot_moderate_owner",
-                "the owner cannot be kicked or banned",
-            ));
+            return Err(cannot_moderate_owner());
         }
         Some(member) => {
             let record = removal(room, member.user, user_ref(&caller), "banned");
@@ -741,10 +745,7 @@ pub async fn unban(
     let conn = state.db().await?;
     let (_, role) = caller_role(&*conn, target.room, caller.id).await?;
     if !role.moderates() {
-        return Err(ApiError::forbidden(
-            "not_a_moderator",
-            "only the owner and moderators may do this",
-        ));
+        return Err(not_a_moderator());
     }
     conn.execute(
         "DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2",

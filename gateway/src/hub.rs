@@ -418,13 +418,18 @@ impl Hub {
         self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `room_id`'s room in its shard, created if new, with its window
-    /// trimmed to the caps (entries, age, bytes).
-    fn trimmed_room<'a>(&self, rooms: &'a mut HashMap<Uuid, Room>, room_id: Uuid) -> &'a mut Room {
+    /// `room_id`'s room in its shard, created if new.
+    fn room_entry<'a>(&self, rooms: &'a mut HashMap<Uuid, Room>, room_id: Uuid) -> &'a mut Room {
         let partition = self.partition_of(room_id);
-        let room = rooms
+        rooms
             .entry(room_id)
-            .or_insert_with(|| Room::new(room_id, partition));
+            .or_insert_with(|| Room::new(room_id, partition))
+    }
+
+    /// [`Self::room_entry`], with its window trimmed to the caps (entries,
+    /// age, bytes).
+    fn trimmed_room<'a>(&self, rooms: &'a mut HashMap<Uuid, Room>, room_id: Uuid) -> &'a mut Room {
+        let room = self.room_entry(rooms, room_id);
         let freed = room.expire(&self.config, now_ms());
         self.freed(freed);
         room
@@ -485,7 +490,7 @@ impl Hub {
             match record.kind {
                 RecordKind::MemberLeft => {
                     room.departed.insert(record.user.id);
-                    self.remove_user(room, record.user.id);
+                    self.remove_user(record.room_id, room, record.user.id);
                 }
                 RecordKind::MemberJoined => {
                     room.departed.remove(&record.user.id);
@@ -506,7 +511,7 @@ impl Hub {
     }
 
     /// Unsubscribes every subscription of `user` (it left the room).
-    fn remove_user(&self, room: &mut Room, user: Uuid) {
+    fn remove_user(&self, room_id: Uuid, room: &mut Room, user: Uuid) {
         let ids: Vec<u64> = room
             .subs
             .iter()
@@ -525,13 +530,13 @@ impl Hub {
             if let Some(sub) = room.subs.remove(&id) {
                 metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
                 sub.peer.offer(Outbound::Unsubscribed {
-                    room: room_id_of(&room.channel),
+                    room: room_id,
                     sub_id: id,
                     push: push.clone(),
                 });
                 room.announce(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
                 self.tell(Local::Leave {
-                    room: room_id_of(&room.channel),
+                    room: room_id,
                     client: sub.peer.client.clone(),
                 });
             }
@@ -717,18 +722,19 @@ impl Hub {
         user: Uuid,
         info: Bytes,
     ) {
-        let partition = self.partition_of(room_id);
         let mut shard = self.shard(room_id);
-        let room = shard
-            .entry(room_id)
-            .or_insert_with(|| Room::new(room_id, partition));
-        let push = protocol::encode_join_push(&room.channel, &info);
+        let room = self.room_entry(&mut shard, room_id);
+        let remote = Remote {
+            user,
+            info: info.clone(),
+        };
+        // A repeated announcement (after a tombstone race) is not a new join.
         if room
             .remote
-            .insert((gateway, client.to_owned()), Remote { user, info })
+            .insert((gateway, client.to_owned()), remote)
             .is_none()
         {
-            room.announce(&push);
+            room.announce(&protocol::encode_join_push(&room.channel, &info));
         }
     }
 
@@ -889,10 +895,6 @@ impl Hub {
             epoch,
         })
     }
-}
-
-fn room_id_of(channel: &str) -> Uuid {
-    confab_common::parse_room_channel(channel).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -232,6 +232,18 @@ async fn a_member_who_left_publishes_nowhere_whatever_their_token() {
     assert_eq!(r["error"]["code"], 103, "{r}");
 }
 
+/// Publishes `n` publications of about 15 KB, then forgets what was read.
+async fn publish_big(c: &mut Client<DuplexStream>, channel: &str, n: usize) {
+    let pad = "x".repeat(15_000);
+    for _ in 0..n {
+        let r = c
+            .publish(channel, json!({ "text": "big", "pad": pad }))
+            .await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    c.raw.clear();
+}
+
 #[tokio::test]
 async fn replies_go_out_in_frames_of_bounded_size() {
     let w = world(&[
@@ -241,14 +253,7 @@ async fn replies_go_out_in_frames_of_bounded_size() {
     let room = Uuid::new_v4();
     let (mut a, _) = member(&w.gw, room).await;
     let channel = confab_common::room_channel(room);
-    let pad = "x".repeat(15_000);
-    for _ in 0..20 {
-        let r = a
-            .publish(&channel, json!({ "text": "big", "pad": pad }))
-            .await;
-        assert!(r.get("publish").is_some(), "{r}");
-    }
-    a.raw.clear();
+    publish_big(&mut a, &channel, 20).await;
     a.frame_sizes.clear();
     // Many history commands in one frame: their replies come back in
     // several frames, none over the bound unless one reply alone is.
@@ -357,14 +362,7 @@ async fn one_message_cannot_ask_for_more_than_the_reply_budget() {
     let room = Uuid::new_v4();
     let (mut a, _) = member(&w.gw, room).await;
     let channel = confab_common::room_channel(room);
-    let pad = "x".repeat(15_000);
-    for _ in 0..20 {
-        let r = a
-            .publish(&channel, json!({ "text": "big", "pad": pad }))
-            .await;
-        assert!(r.get("publish").is_some(), "{r}");
-    }
-    a.raw.clear();
+    publish_big(&mut a, &channel, 20).await;
     // Each full history is ~300 KB: after the fourth, the replies are past
     // 1 MB and the rest are refused.
     let got = burst(
