@@ -350,7 +350,7 @@ pub async fn mark_read(
                 let newly: i64 = tx
                     .query_one(
                         "SELECT count(*) FROM messages
-                         WHERE room_id = $1 AND kind = 'message' AND user_id <> $2
+                         WHERE room_id = $1 AND kind = 'message' AND NOT deleted AND user_id <> $2
                            AND stream_offset > $3 AND stream_offset <= $4",
                         &[&room, &caller.id, &from, &offset],
                     )

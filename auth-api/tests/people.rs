@@ -325,6 +325,88 @@ async fn unread_counts_rise_and_read_positions_only_move_forward() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A message taken back is no longer unread (migration 0006): not for a
+/// reader who had not reached it, not in a range read later, and never
+/// twice.
+#[tokio::test]
+async fn a_deleted_message_is_no_longer_unread() {
+    let h = Harness::new().await;
+    let (alice_id, alice) = h.user("alice").await;
+    let (bob_id, bob) = h.user("bob").await;
+    let room = h
+        .room(&alice, json!({"name": "r", "visibility": "public"}))
+        .await;
+    h.post(&format!("/api/rooms/{room}/join"), &bob, json!({}))
+        .await;
+    let sql = h.sql().await;
+    for offset in 1..=4 {
+        insert_message(&sql, room, offset, alice_id, r#"{"text":"from alice"}"#).await;
+    }
+    insert_message(&sql, room, 5, bob_id, r#"{"text":"from bob"}"#).await;
+    // As the persister applies a delete (persister/src/store.rs).
+    let delete = |offset: i64| {
+        let sql = &sql;
+        async move {
+            sql.execute(
+                "UPDATE messages SET deleted = true, data = NULL
+                 WHERE room_id = $1 AND stream_offset = $2",
+                &[&room, &offset],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    assert_eq!(unread(&h, &bob, room).await, 4);
+    assert_eq!(unread(&h, &alice, room).await, 1);
+    assert_eq!(read(&h, &bob, room, 2).await, StatusCode::NO_CONTENT);
+    assert_eq!(unread(&h, &bob, room).await, 2);
+
+    delete(1).await;
+    assert_eq!(unread(&h, &bob, room).await, 2, "one he had read");
+    delete(3).await;
+    assert_eq!(unread(&h, &bob, room).await, 1, "one he had not");
+    delete(3).await;
+    assert_eq!(
+        unread(&h, &bob, room).await,
+        1,
+        "a second delete counts nothing"
+    );
+    delete(5).await;
+    assert_eq!(unread(&h, &alice, room).await, 0, "bob took his back");
+    assert_eq!(unread(&h, &bob, room).await, 1, "his own never counted");
+    // Other updates (an edit) leave the counts alone.
+    sql.execute(
+        "UPDATE messages SET edited_at = now() WHERE room_id = $1 AND stream_offset = 4",
+        &[&room],
+    )
+    .await
+    .unwrap();
+    assert_eq!(unread(&h, &bob, room).await, 1);
+
+    // A range read later skips what was deleted in it.
+    assert_eq!(read(&h, &bob, room, 4).await, StatusCode::NO_CONTENT);
+    assert_eq!(unread(&h, &bob, room).await, 0);
+    insert_message(&sql, room, 6, alice_id, r#"{"text":"new"}"#).await;
+    assert_eq!(unread(&h, &bob, room).await, 1);
+    // Reading up to the newest counts from the room's counters.
+    assert_eq!(read(&h, &bob, room, 6).await, StatusCode::NO_CONTENT);
+    assert_eq!(unread(&h, &bob, room).await, 0);
+    delete(6).await;
+    assert_eq!(unread(&h, &bob, room).await, 0, "never below zero");
+    insert_message(&sql, room, 7, alice_id, r#"{"text":"newer"}"#).await;
+    assert_eq!(unread(&h, &bob, room).await, 1);
+
+    // A member who joins now starts with nothing unread.
+    let (_, carol) = h.user("carol").await;
+    let (_, joined) = h
+        .post(&format!("/api/rooms/{room}/join"), &carol, json!({}))
+        .await;
+    assert_eq!(joined["unread_count"], 0, "{joined}");
+    delete(7).await;
+    assert_eq!(unread(&h, &carol, room).await, 0);
+    assert_eq!(unread(&h, &bob, room).await, 0);
+}
+
 /// Batches stored while the reader moves its position are counted exactly
 /// once: the counter lock of migration 0005 at work.
 #[tokio::test]

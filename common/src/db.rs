@@ -461,6 +461,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_people.sql",
         include_str!("../../migrations/0005_people.sql"),
     ),
+    (
+        6,
+        "0006_unread_deleted.sql",
+        include_str!("../../migrations/0006_unread_deleted.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`. Returns
