@@ -466,6 +466,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_unread_deleted.sql",
         include_str!("../../migrations/0006_unread_deleted.sql"),
     ),
+    (
+        7,
+        "0007_search_by_room.sql",
+        include_str!("../../migrations/0007_search_by_room.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`. Returns
