@@ -24,35 +24,24 @@ DROP INDEX messages_room_chat;
 CREATE INDEX messages_room_chat ON messages (room_id, stream_offset, user_id)
     WHERE kind = 'message' AND NOT deleted;
 
--- The chat messages an UPDATE statement deleted (a delete is final:
--- `deleted` never goes back to false).
-CREATE FUNCTION messages_unread_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Takes deleted chat messages (their rooms, offsets and authors, element by
+-- element) out of the counters. The trigger below calls it for the messages
+-- one statement deleted, and this migration once for those deleted before it.
+CREATE FUNCTION unread_forget(rooms uuid[], offsets bigint[], authors uuid[])
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM changed_new n JOIN changed_old o ON o.id = n.id
-        WHERE n.kind = 'message' AND n.deleted AND NOT o.deleted
-    ) THEN
-        RETURN NULL;
-    END IF;
     -- The room counters first, in a stable order as the insert trigger
     -- takes them, so a delete and a batch never deadlock.
-    PERFORM 1 FROM room_message_counts
-    WHERE room_id IN (
-        SELECT n.room_id FROM changed_new n JOIN changed_old o ON o.id = n.id
-        WHERE n.kind = 'message' AND n.deleted AND NOT o.deleted
-    )
+    PERFORM 1 FROM room_message_counts WHERE room_id = ANY (rooms)
     ORDER BY room_id FOR UPDATE;
     UPDATE room_message_counts c SET messages = c.messages - d.n
-    FROM (SELECT n.room_id, count(*) AS n
-          FROM changed_new n JOIN changed_old o ON o.id = n.id
-          WHERE n.kind = 'message' AND n.deleted AND NOT o.deleted
-          GROUP BY n.room_id) d
+    FROM (SELECT room_id, count(*) AS n FROM unnest(rooms) AS t (room_id)
+          GROUP BY room_id) d
     WHERE c.room_id = d.room_id;
     UPDATE room_sender_counts c SET messages = c.messages - d.n
-    FROM (SELECT n.room_id, n.user_id, count(*) AS n
-          FROM changed_new n JOIN changed_old o ON o.id = n.id
-          WHERE n.kind = 'message' AND n.deleted AND NOT o.deleted
-          GROUP BY n.room_id, n.user_id) d
+    FROM (SELECT room_id, user_id, count(*) AS n
+          FROM unnest(rooms, authors) AS t (room_id, user_id)
+          GROUP BY room_id, user_id) d
     WHERE c.room_id = d.room_id AND c.user_id = d.user_id;
     -- Readers already past a deleted message had counted it as read. A
     -- statement of its own, so it sees every read position committed before
@@ -60,15 +49,31 @@ BEGIN
     UPDATE room_reads r SET read_from_others = r.read_from_others - d.n
     FROM (
         SELECT r2.room_id, r2.user_id, count(*) AS n
-        FROM changed_new n
-        JOIN changed_old o ON o.id = n.id
-        JOIN room_reads r2 ON r2.room_id = n.room_id
-                          AND r2.position >= n.stream_offset
-                          AND r2.user_id <> n.user_id
-        WHERE n.kind = 'message' AND n.deleted AND NOT o.deleted
+        FROM unnest(rooms, offsets, authors) AS t (room_id, stream_offset, user_id)
+        JOIN room_reads r2 ON r2.room_id = t.room_id
+                          AND r2.position >= t.stream_offset
+                          AND r2.user_id <> t.user_id
         GROUP BY r2.room_id, r2.user_id
     ) d
     WHERE r.room_id = d.room_id AND r.user_id = d.user_id;
+END
+$$;
+
+-- The chat messages an UPDATE statement deleted (a delete is final:
+-- `deleted` never goes back to false); other updates (edits) find none.
+CREATE FUNCTION messages_unread_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    rooms   uuid[];
+    offsets bigint[];
+    authors uuid[];
+BEGIN
+    SELECT array_agg(n.room_id), array_agg(n.stream_offset), array_agg(n.user_id)
+    INTO rooms, offsets, authors
+    FROM changed_new n JOIN changed_old o ON o.id = n.id
+    WHERE n.kind = 'message' AND n.deleted AND NOT o.deleted;
+    IF rooms IS NOT NULL THEN
+        PERFORM unread_forget(rooms, offsets, authors);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -78,22 +83,5 @@ CREATE TRIGGER messages_unread_deleted
     FOR EACH STATEMENT EXECUTE FUNCTION messages_unread_deleted();
 
 -- Messages deleted before this migration leave the counters now.
-UPDATE room_message_counts c SET messages = c.messages - d.n
-FROM (SELECT room_id, count(*) AS n FROM messages
-      WHERE kind = 'message' AND deleted GROUP BY room_id) d
-WHERE c.room_id = d.room_id;
-UPDATE room_sender_counts c SET messages = c.messages - d.n
-FROM (SELECT room_id, user_id, count(*) AS n FROM messages
-      WHERE kind = 'message' AND deleted GROUP BY room_id, user_id) d
-WHERE c.room_id = d.room_id AND c.user_id = d.user_id;
-UPDATE room_reads r SET read_from_others = r.read_from_others - d.n
-FROM (
-    SELECT r2.room_id, r2.user_id, count(*) AS n
-    FROM messages m
-    JOIN room_reads r2 ON r2.room_id = m.room_id
-                      AND r2.position >= m.stream_offset
-                      AND r2.user_id <> m.user_id
-    WHERE m.kind = 'message' AND m.deleted
-    GROUP BY r2.room_id, r2.user_id
-) d
-WHERE r.room_id = d.room_id AND r.user_id = d.user_id;
+SELECT unread_forget(array_agg(room_id), array_agg(stream_offset), array_agg(user_id))
+FROM messages WHERE kind = 'message' AND deleted;

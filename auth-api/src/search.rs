@@ -4,8 +4,9 @@
 //! `simple` configuration (see `migrations/0004_messages.sql` for why),
 //! indexed with the room in one GIN index on `(room_id, tsv)`
 //! (`migrations/0007_search_by_room.sql`), so "these words in these rooms" is
-//! answered from posting lists whatever the word's spread over rooms. The query is `websearch_to_tsquery('simple', q)`: words, "quoted
-//! phrases", `or` and `-word`, and never a syntax error. A deleted message has
+//! answered from posting lists whatever the word's spread over rooms. The
+//! query is `websearch_to_tsquery('simple', q)`: words, "quoted phrases",
+//! `or` and `-word`, and never a syntax error. A deleted message has
 //! no data and so no vector: it is never found.
 //!
 //! Results are the rooms the caller is a member of now (or the one
