@@ -34,7 +34,10 @@ fn base(config: &KafkaConfig) -> ClientConfig {
         // Recover quickly after a broker restart.
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "10000");
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        // TCP_NODELAY: librdkafka leaves Nagle on by default, which holds a
+        // small produce request back until the previous one's reply.
+        .set("socket.nagle.disable", "true");
     c
 }
 

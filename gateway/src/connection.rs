@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Chain};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::protocol::{self, Request};
@@ -60,6 +60,31 @@ fn message(bytes: &[u8]) -> Inbound {
     }
 }
 
+/// A byte stream that splits into a read half and a write half that share
+/// no lock: the reader task and the session each own one.
+pub(crate) trait Split: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+/// An upgraded TCP connection: the socket, and what hyper had already read
+/// past the upgrade request (a client may send its first frame at once).
+pub(crate) struct Upgraded {
+    pub(crate) stream: TcpStream,
+    pub(crate) read_ahead: Bytes,
+}
+
+impl Split for Upgraded {
+    type Read = Chain<std::io::Cursor<Bytes>, OwnedReadHalf>;
+    type Write = OwnedWriteHalf;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        let (read, write) = self.stream.into_split();
+        (std::io::Cursor::new(self.read_ahead).chain(read), write)
+    }
+}
+
 /// The socket's read half, shared so that the session can take it back from
 /// the reader and drain it after sending a close frame. Closing a socket with
 /// unread input makes the kernel send RST, which can destroy the close frame
@@ -78,21 +103,18 @@ impl<R: AsyncRead + Unpin> AsyncRead for SharedRead<R> {
 }
 
 /// The read half of a connection, running as its own task.
-pub(crate) struct Reader<S> {
-    socket: Arc<std::sync::Mutex<ReadHalf<S>>>,
+pub(crate) struct Reader<R> {
+    socket: Arc<std::sync::Mutex<R>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Splits an upgraded socket into its reader (a task feeding `Inbound`
 /// into the returned channel) and its writer.
-pub(crate) fn split<S>(
-    ws: WebSocket<S>,
+pub(crate) fn split<S: Split>(
+    stream: S,
     write_timeout: Duration,
-) -> (Reader<S>, mpsc::Receiver<Inbound>, Writer<WriteHalf<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (read, write_half) = tokio::io::split(ws.into_inner());
+) -> (Reader<S::Read>, mpsc::Receiver<Inbound>, Writer<S::Write>) {
+    let (read, write_half) = stream.split();
     let read = Arc::new(std::sync::Mutex::new(read));
     let (mut rd, wr) = fastwebsockets::after_handshake_split(
         SharedRead(Arc::clone(&read)),
@@ -115,7 +137,7 @@ where
     )
 }
 
-impl<S: AsyncRead + Unpin> Reader<S> {
+impl<R: AsyncRead + Unpin> Reader<R> {
     /// Stops the reader, then reads what the client still sends (its close
     /// echo) until it closes, at most 2 s and 1 MiB.
     pub(crate) async fn drain(self) {

@@ -48,12 +48,21 @@ use crate::protocol::{self, unsubscribe_codes, Disconnect};
 pub enum Outbound {
     /// Bytes to write as they are (a push).
     Push(Bytes),
-    /// The server removed subscription `sub_id` (the user left the room).
-    Unsubscribed {
-        room: Uuid,
-        sub_id: u64,
-        push: Bytes,
-    },
+    /// The server removed a subscription (the user left the room). Boxed:
+    /// this rare variant would otherwise double every queue slot.
+    Unsubscribed(Box<Unsubscribed>),
+}
+
+// Every connection's queue allocates its slots in blocks of 32: keep a slot
+// the size of a push.
+const _: () = assert!(std::mem::size_of::<Outbound>() == std::mem::size_of::<Bytes>());
+
+/// Subscription `sub_id` to `room` is over; `push` tells the client.
+#[derive(Debug)]
+pub struct Unsubscribed {
+    pub room: Uuid,
+    pub sub_id: u64,
+    pub push: Bytes,
 }
 
 /// A connection as the hub sees it.
@@ -529,11 +538,12 @@ impl Hub {
         for id in ids {
             if let Some(sub) = room.subs.remove(&id) {
                 metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
-                sub.peer.offer(Outbound::Unsubscribed {
-                    room: room_id,
-                    sub_id: id,
-                    push: push.clone(),
-                });
+                sub.peer
+                    .offer(Outbound::Unsubscribed(Box::new(Unsubscribed {
+                        room: room_id,
+                        sub_id: id,
+                        push: push.clone(),
+                    })));
                 room.announce(&protocol::encode_leave_push(&room.channel, &sub.peer.info));
                 self.tell(Local::Leave {
                     room: room_id,
@@ -961,7 +971,7 @@ mod tests {
         while let Ok(m) = rx.try_recv() {
             let b = match m {
                 Outbound::Push(b) => b,
-                Outbound::Unsubscribed { push, .. } => push,
+                Outbound::Unsubscribed(u) => u.push,
             };
             out.push(serde_json::from_slice(&b).unwrap());
         }
@@ -1128,12 +1138,12 @@ mod tests {
         h.deliver(0, at(0), &record(room, leaver, RecordKind::MemberLeft, ""));
         let mut got_unsub = false;
         while let Ok(m) = arx.try_recv() {
-            if let Outbound::Unsubscribed {
-                sub_id,
-                push,
-                room: r,
-            } = m
-            {
+            if let Outbound::Unsubscribed(u) = m {
+                let Unsubscribed {
+                    sub_id,
+                    push,
+                    room: r,
+                } = *u;
                 assert_eq!(sub_id, sa.sub_id);
                 assert_eq!(r, room);
                 let v: serde_json::Value = serde_json::from_slice(&push).unwrap();

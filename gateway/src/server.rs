@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -14,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::connection::Upgraded;
 use crate::metrics as m;
 use crate::state::Gateway;
 
@@ -184,12 +186,25 @@ fn upgrade(gw: Gateway, mut req: Request<Incoming>, peer: IpAddr) -> Response<Bo
     };
     let task_gw = gw.clone();
     gw.tracker.spawn(async move {
-        match fut.await {
-            Ok(ws) => crate::session::run(task_gw, ws, slot).await,
+        match fut.await.map(|ws| unwrap_upgraded(ws.into_inner())) {
+            Ok(Some(stream)) => crate::session::run(task_gw, stream, slot).await,
+            Ok(None) => tracing::warn!("an upgraded connection is not a TCP stream"),
             Err(err) => tracing::debug!(%err, "websocket upgrade failed"),
         }
     });
     response.map(|_| Body::empty())
+}
+
+/// The TCP stream under hyper's upgrade, so that the session writes to the
+/// socket directly (no boxed stream, no lock between the two halves).
+fn unwrap_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> Option<Upgraded> {
+    let parts = io.into_inner().downcast::<TokioIo<TcpStream>>().ok()?;
+    Some(Upgraded {
+        stream: parts.io.into_inner(),
+        // A copy: `read_buf` shares hyper's whole 8 KiB read buffer, which
+        // would otherwise live as long as the connection.
+        read_ahead: Bytes::copy_from_slice(&parts.read_buf),
+    })
 }
 
 #[cfg(test)]

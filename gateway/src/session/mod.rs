@@ -19,13 +19,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confab_common::clock::now_secs;
+use confab_common::clock::{now_ms, now_secs};
 use confab_common::jwt::TokenError;
 use confab_common::ratelimit::{Quota, TokenBucket};
 use confab_common::record::{RoomRecord, UserRef};
-use fastwebsockets::WebSocket;
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,6 +43,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAX_INFLIGHT: usize = 256;
 /// Queue messages written in one frame at most.
 const MAX_BATCH: usize = 64;
+/// The longest a session's timer sleeps when nothing is due sooner.
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
 
 struct LocalSub {
     sub_id: u64,
@@ -108,7 +108,7 @@ impl Session {
             next_ping: Instant::now(),
             pong_deadline: None,
             inflight: FuturesUnordered::new(),
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
         }
     }
 
@@ -526,14 +526,48 @@ impl Session {
                 self.sep();
                 self.out.extend_from_slice(&bytes);
             }
-            Outbound::Unsubscribed { room, sub_id, push } => {
-                if self.subs.get(&room).is_some_and(|l| l.sub_id == sub_id) {
-                    self.subs.remove(&room);
+            Outbound::Unsubscribed(u) => {
+                if self.subs.get(&u.room).is_some_and(|l| l.sub_id == u.sub_id) {
+                    self.subs.remove(&u.room);
                     self.sep();
-                    self.out.extend_from_slice(&push);
+                    self.out.extend_from_slice(&u.push);
                 }
             }
         }
+    }
+
+    /// When [`Session::tick`] next has something to do: the connect
+    /// deadline before `connect`; after it, the next ping, the pong
+    /// deadline, or the first token (access or subscription) to be past its
+    /// `exp` plus the close delay. At most [`IDLE_RECHECK`] away.
+    fn deadline(&self) -> Instant {
+        let config = &self.gw.config;
+        if self.peer.is_none() {
+            return self.started + config.connect_timeout;
+        }
+        let now = Instant::now();
+        let mut next = now + IDLE_RECHECK;
+        if !config.ping_interval.is_zero() {
+            next = next.min(self.next_ping);
+        }
+        if let Some(d) = self.pong_deadline {
+            next = next.min(d);
+        }
+        let first_exp = self
+            .subs
+            .values()
+            .map(|l| l.exp)
+            .chain(std::iter::once(self.exp))
+            .filter(|&e| e > 0)
+            .min();
+        if let Some(exp) = first_exp {
+            // `tick` closes once the Unix second is past `exp + delay`.
+            let delay = config.expired_close_delay.as_secs() as i64;
+            let at_ms = (exp + delay + 1).saturating_mul(1000);
+            let wait = u64::try_from(at_ms - now_ms()).unwrap_or(0);
+            next = next.min(now + Duration::from_millis(wait));
+        }
+        next
     }
 
     /// Timers: connect deadline, pings, pong deadline, token expiry.
@@ -542,10 +576,10 @@ impl Session {
         let gw = self.gw.clone();
         let config = &gw.config;
         if self.peer.is_none() {
-            return (now.duration_since(self.started) > config.connect_timeout)
+            return (now.duration_since(self.started) >= config.connect_timeout)
                 .then_some(Disconnect::STALE);
         }
-        if self.pong_deadline.is_some_and(|d| now > d) {
+        if self.pong_deadline.is_some_and(|d| now >= d) {
             return Some(Disconnect::NO_PONG);
         }
         if !config.ping_interval.is_zero() && now >= self.next_ping {
@@ -594,31 +628,38 @@ impl Session {
 }
 
 /// Serves one upgraded socket until it closes.
-pub(crate) async fn run<S>(gw: Gateway, ws: WebSocket<S>, slot: SocketSlot)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: SocketSlot) {
     let _slot = slot;
-    let (reader, mut inbound, mut wr) = connection::split(ws, gw.config.write_timeout);
+    let (reader, mut inbound, mut wr) = connection::split(stream, gw.config.write_timeout);
     let (queue_tx, mut queue_rx) = mpsc::channel(gw.config.send_queue);
     let kill = CancellationToken::new();
     let mut s = Session::new(gw.clone(), kill.clone(), queue_tx);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer, set to the session's next deadline (not a periodic tick:
+    // an idle connection wakes only when it has something to do).
+    let timer = tokio::time::sleep_until(s.deadline().into());
+    tokio::pin!(timer);
     let mut draining = false;
+    // Made once, not per turn of the loop: each new one locks the token's
+    // tree and registers a waiter.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    let stopping = gw.shutdown.cancelled();
+    tokio::pin!(stopping);
 
     // The close to send when the loop ends, if any.
     let end: Option<(u16, &'static str)> = loop {
         let mut disconnect = None;
+        // Pushes never bring a deadline closer; everything else may.
+        let mut rearm = true;
         tokio::select! {
             biased;
-            () = kill.cancelled() => {
+            () = &mut killed => {
                 let code = s.peer.as_ref().map_or(Disconnect::SLOW.code, |p| p.kill_code());
                 // A slow consumer's socket may not drain; do not wait on it.
                 wr.close(code, "slow", Duration::from_millis(200)).await;
                 break None;
             }
-            () = gw.shutdown.cancelled(), if !draining => {
+            () = &mut stopping, if !draining => {
                 draining = true;
                 // Commands already received are still handled (a publish
                 // among them is answered once the broker acknowledges it).
@@ -641,6 +682,7 @@ where
                 }
             }
             msg = queue_rx.recv() => {
+                rearm = false;
                 if let Some(msg) = msg {
                     s.outbound(msg);
                     let mut n = 1;
@@ -668,10 +710,18 @@ where
                 }
                 Some(Inbound::Commands(cmds)) => disconnect = s.commands(cmds),
             },
-            _ = tick.tick() => disconnect = s.tick(),
+            () = &mut timer => disconnect = s.tick(),
+        }
+        if rearm {
+            timer.as_mut().reset(s.deadline().into());
         }
         if wr.flush(&mut s.out).await.is_err() {
             break None;
+        }
+        if queue_rx.is_empty() {
+            // Nothing more to write soon: an idle connection holds no
+            // output buffer (a busy one keeps it between batches).
+            s.out = Vec::new();
         }
         if let Some(d) = disconnect {
             break Some((d.code, d.reason));

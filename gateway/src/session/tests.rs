@@ -76,15 +76,20 @@ fn world(extra: &[(&str, &str)]) -> World {
     World { gw, publisher }
 }
 
+impl connection::Split for DuplexStream {
+    type Read = tokio::io::ReadHalf<DuplexStream>;
+    type Write = tokio::io::WriteHalf<DuplexStream>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 /// A client talking to a session over an in-memory stream.
 async fn client(gw: &Gateway) -> Client<DuplexStream> {
     let (server, client) = tokio::io::duplex(1 << 20);
     let slot = SocketSlot::take(gw, std::net::Ipv4Addr::LOCALHOST.into()).expect("a socket slot");
-    tokio::spawn(run(
-        gw.clone(),
-        WebSocket::after_handshake(server, Role::Server),
-        slot,
-    ));
+    tokio::spawn(run(gw.clone(), server, slot));
     Client::over(WebSocket::after_handshake(client, Role::Client))
 }
 
@@ -403,4 +408,53 @@ async fn a_user_has_a_bounded_number_of_connections() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut again = client(&w.gw).await;
     assert!(again.connect(&token).await["connect"].is_object());
+}
+
+/// The session's one timer (no periodic tick) still meets each deadline:
+/// a socket that never sends connect is closed as stale.
+#[tokio::test]
+async fn a_socket_without_connect_is_closed_as_stale() {
+    let w = world(&[("CONFAB_GATEWAY_CONNECT_TIMEOUT_SECS", "1")]);
+    let mut c = client(&w.gw).await;
+    let started = Instant::now();
+    assert_eq!(c.closed_with().await.0, 3502);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_access_token_past_its_exp_and_the_delay_closes_the_connection() {
+    let w = world(&[("CONFAB_GATEWAY_EXPIRED_CLOSE_DELAY_SECS", "1")]);
+    let mut c = client(&w.gw).await;
+    let (token, exp) =
+        w.gw.config
+            .jwt
+            .issue_access_with_ttl(Uuid::new_v4(), "eve", Duration::from_secs(1));
+    assert!(c.connect(&token).await["connect"]["client"].is_string());
+    assert_eq!(c.closed_with().await.0, 3005);
+    // Closed once the Unix second is past exp + delay, not before.
+    assert!(now_secs() > exp + 1, "closed too early");
+}
+
+#[tokio::test]
+async fn a_subscription_token_past_its_exp_and_the_delay_unsubscribes() {
+    let w = world(&[("CONFAB_GATEWAY_EXPIRED_CLOSE_DELAY_SECS", "1")]);
+    let user = Uuid::new_v4();
+    let keys = &w.gw.config.jwt;
+    let mut c = client(&w.gw).await;
+    let (token, _) = keys.issue_access(user, "sue");
+    assert!(c.connect(&token).await["connect"]["client"].is_string());
+    let room = Uuid::new_v4();
+    let channel = confab_common::room_channel(room);
+    let (sub, exp) = keys.issue_subscription_with_ttl(user, &channel, Duration::from_secs(1));
+    assert!(c.subscribe(&channel, &sub).await["subscribe"].is_object());
+    let push = c.push_within(Duration::from_secs(5)).await.expect("a push");
+    assert_eq!(push["unsubscribe"]["code"], 2501, "{push}");
+    assert_eq!(push["channel"], channel.as_str());
+    assert!(now_secs() > exp + 1, "unsubscribed too early");
+    // The connection stays.
+    assert_eq!(c.call("ping", json!({})).await["ping"], json!({}));
 }
