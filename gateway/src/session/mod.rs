@@ -632,19 +632,20 @@ pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: Sock
     let _slot = slot;
     let (reader, mut inbound, mut wr) = connection::split(stream, gw.config.write_timeout);
     let (queue_tx, mut queue_rx) = mpsc::channel(gw.config.send_queue);
-    let kill = CancellationToken::new();
+    // A child of the gateway's shutdown token: one future tells both a kill
+    // from outside (the hub: a slow consumer, a departed member) and
+    // shutdown, and polling it locks only this session's node, never the
+    // node every session shares.
+    let kill = gw.shutdown.child_token();
     let mut s = Session::new(gw.clone(), kill.clone(), queue_tx);
     // One timer, set to the session's next deadline (not a periodic tick:
     // an idle connection wakes only when it has something to do).
     let timer = tokio::time::sleep_until(s.deadline().into());
     tokio::pin!(timer);
     let mut draining = false;
-    // Made once, not per turn of the loop: each new one locks the token's
-    // tree and registers a waiter.
+    // Made once, not per turn of the loop: each new one registers a waiter.
     let killed = kill.cancelled();
     tokio::pin!(killed);
-    let stopping = gw.shutdown.cancelled();
-    tokio::pin!(stopping);
 
     // The close to send when the loop ends, if any.
     let end: Option<(u16, &'static str)> = loop {
@@ -653,13 +654,16 @@ pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: Sock
         let mut rearm = true;
         tokio::select! {
             biased;
-            () = &mut killed => {
-                let code = s.peer.as_ref().map_or(Disconnect::SLOW.code, |p| p.kill_code());
-                // A slow consumer's socket may not drain; do not wait on it.
-                wr.close(code, "slow", Duration::from_millis(200)).await;
-                break None;
-            }
-            () = &mut stopping, if !draining => {
+            () = &mut killed, if !draining => {
+                let by_hub = s.peer.as_ref().map(|p| p.kill_code()).filter(|&c| c != 0);
+                if by_hub.is_some() || !gw.shutdown.is_cancelled() {
+                    let code = by_hub.unwrap_or(Disconnect::SLOW.code);
+                    // A slow consumer's socket may not drain; do not wait on it.
+                    wr.close(code, "slow", Duration::from_millis(200)).await;
+                    break None;
+                }
+                // Shutdown. A kill from now on is not watched: the drain
+                // ends with the last acknowledgement anyway.
                 draining = true;
                 // Commands already received are still handled (a publish
                 // among them is answered once the broker acknowledges it).
