@@ -286,6 +286,15 @@ pub enum Scenario {
         /// Keep the connections open this long after the sample (pings keep flowing).
         #[arg(long, value_parser = parse_duration, default_value = "10s")]
         hold: Duration,
+        /// Spread the connections over this many bench processes (children of
+        /// this one, each from its own source address), for more than one
+        /// process's open-file limit; server RSS is still summed over every pid given.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=250))]
+        processes: u32,
+        /// Run as one of those children: report the ramp on stdout and hold
+        /// until stdin closes (set by the parent).
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Lag from publish until the message is visible in REST history.
     Persist {

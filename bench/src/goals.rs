@@ -132,6 +132,8 @@ pub fn plan(g: &Goals, cmp: &cli::Compare) -> Vec<Planned> {
                         rooms: n(100),
                         settle: g.settle,
                         hold: g.hold,
+                        processes: 1,
+                        worker: false,
                     },
                     format!(
                         "connections -n {} --rooms {} --settle {} --hold {}",

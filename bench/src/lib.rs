@@ -20,6 +20,7 @@ pub mod proto;
 pub mod report;
 pub mod rest;
 pub mod scenario;
+pub mod spread;
 pub mod stats;
 pub mod sys;
 pub mod target;
@@ -156,7 +157,16 @@ pub async fn run_target(
             rooms,
             settle,
             hold,
-        } => scenario::connections(ctx, connections, rooms, settle, hold).await?,
+            processes,
+            worker,
+        } => {
+            if processes > 1 && !worker {
+                spread::connections(ctx, connections, rooms, settle, hold, processes as usize)
+                    .await?
+            } else {
+                scenario::connections(ctx, connections, rooms, settle, hold, worker).await?
+            }
+        }
         Scenario::Persist {
             rate,
             duration,
