@@ -282,8 +282,11 @@ impl Workers {
     }
 }
 
-fn per_pid_rss(pids: &[u32]) -> Vec<(u32, Option<u64>)> {
-    pids.iter().map(|p| (*p, sys::rss_kib(*p))).collect()
+/// Per server pid: VmRSS (KiB) and open file descriptors.
+fn per_pid(pids: &[u32]) -> Vec<(u32, Option<u64>, Option<usize>)> {
+    pids.iter()
+        .map(|p| (*p, sys::rss_kib(*p), sys::open_fds(*p)))
+        .collect()
 }
 
 /// Runs `connections` over `k` worker processes; see the module doc.
@@ -329,7 +332,7 @@ pub async fn connections(
             ));
         }
     }
-    let rss_before = per_pid_rss(&server.pids);
+    let rss_before = per_pid(&server.pids);
     mem.samples.push((0, mem.rss_before_kib));
     let cpu_before = server.cpu_secs();
 
@@ -428,13 +431,13 @@ pub async fn connections(
         }
         if phase == "settle" {
             mem.rss_after_kib = server.rss_kib().unwrap_or(0);
-            rss_after = per_pid_rss(&server.pids);
+            rss_after = per_pid(&server.pids);
             sampled = true;
         }
     }
     if !sampled {
         mem.rss_after_kib = server.rss_kib().unwrap_or(0);
-        rss_after = per_pid_rss(&server.pids);
+        rss_after = per_pid(&server.pids);
     }
 
     // Let the workers go and collect their last figures.
@@ -485,18 +488,26 @@ pub async fn connections(
         .flatten()
         .map(|r| r.bench_rss_kib)
         .sum::<Option<u64>>();
-    let before: BTreeMap<u32, Option<u64>> = rss_before.into_iter().collect();
+    let before: BTreeMap<u32, (Option<u64>, Option<usize>)> = rss_before
+        .into_iter()
+        .map(|(p, r, f)| (p, (r, f)))
+        .collect();
     ctx.report.notes.push(format!(
-        "server VmRSS by pid, before -> after settle (KiB): {}",
+        "server by pid, before -> after settle: {}",
         rss_after
             .iter()
-            .map(|(p, a)| format!(
-                "{p}: {} -> {}",
-                before.get(p).copied().flatten().unwrap_or(0),
-                a.unwrap_or(0)
-            ))
+            .map(|(p, rss, fds)| {
+                let (rss0, fds0) = before.get(p).copied().unwrap_or_default();
+                format!(
+                    "{p}: VmRSS {} -> {} KiB, open fds {} -> {}",
+                    rss0.unwrap_or(0),
+                    rss.unwrap_or(0),
+                    fds0.unwrap_or(0),
+                    fds.unwrap_or(0)
+                )
+            })
             .collect::<Vec<_>>()
-            .join(", ")
+            .join("; ")
     ));
     ctx.report.notes.push(format!(
         "spread over {k} bench processes; the ramp ({:.1} s wall from the first worker's start, \
