@@ -667,6 +667,7 @@ pub struct GoalsReport {
 fn cell(v: Option<f64>, unit: &str) -> String {
     match v {
         None => "—".into(),
+        Some(v) if unit.is_empty() => fmt_num(v),
         Some(v) if v.abs() >= 1000.0 => format!("{} {unit}", fmt_num(v)),
         Some(v) if v.abs() >= 10.0 => format!("{v:.1} {unit}"),
         Some(v) => format!("{v:.2} {unit}"),
@@ -1331,6 +1332,10 @@ mod tests {
         );
         assert_eq!(fmt_num(1234567.0), "1,234,567");
         assert_eq!(fmt_num(999.0), "999");
+        assert_eq!(cell(Some(0.0), ""), "0");
+        assert_eq!(cell(Some(12345.0), ""), "12,345");
+        assert_eq!(cell(Some(2.5), "ms"), "2.50 ms");
+        assert_eq!(cell(None, "ms"), "—");
         assert_eq!(dur(Duration::from_millis(500)), "500ms");
     }
 }
