@@ -53,7 +53,8 @@ pub enum Command {
     #[command(flatten)]
     Run(Scenario),
     /// Runs one scenario against Confab, then against Centrifugo, with the same
-    /// parameters, and prints one table of both figures and their ratio.
+    /// parameters, and prints one table of both figures and their ratio;
+    /// `compare goals` runs every scenario behind issue 12's goal table.
     Compare(Compare),
 }
 
@@ -67,7 +68,57 @@ pub struct Compare {
     #[arg(long)]
     pub centrifugo_first: bool,
     #[command(subcommand)]
-    pub scenario: Scenario,
+    pub what: Compared,
+}
+
+/// What `compare` runs: one scenario, or the whole goal table.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Compared {
+    #[command(flatten)]
+    Scenario(Scenario),
+    /// Every scenario behind issue 12's goal table, each against both servers
+    /// back to back, then one table: goal, Confab, Centrifugo, ratio, holds.
+    Goals(Goals),
+}
+
+/// `compare goals` options. The sizes are the issue's; `--scale-down` (or
+/// `--quick`) shrinks them for a smoke test, and the report says so.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct Goals {
+    /// How long publishers run in each traffic scenario.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Publications of this first part of each traffic run are left out of the histograms.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub warmup: Duration,
+    /// How long to wait for outstanding deliveries after publishing stops.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+    /// The idle-memory run: wait after the ramp before the "after" RSS sample.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub settle: Duration,
+    /// The idle-memory run: keep the connections open this long after the sample.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub hold: Duration,
+    /// The fan-out run's aggregate publish rate (× 5,000 subscribers = deliveries offered).
+    #[arg(long, default_value_t = 100.0)]
+    pub fanout_rate: f64,
+    /// The fan-out run's publishing connections.
+    #[arg(long, default_value_t = 3)]
+    pub fanout_publishers: usize,
+    /// Divide every connection and room count and the latency runs' rates by
+    /// this (a smoke test: the verdicts are then not the goals').
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub scale_down: u32,
+    /// A smoke test in seconds: --scale-down 20, --duration 2s, --warmup 500ms,
+    /// --drain 2s, --settle 1s, --hold 0s (overriding those flags).
+    #[arg(long)]
+    pub quick: bool,
+    /// A JSON file with the figures this run cannot measure itself
+    /// (`connections_100k`, `persister_records_per_sec`), each
+    /// `{"confab": N, "centrifugo": N?, "source": "where it was measured", "detail": "..."}`.
+    #[arg(long)]
+    pub extra: Option<PathBuf>,
 }
 
 /// Options every scenario shares.
@@ -235,6 +286,15 @@ pub enum Scenario {
         /// Keep the connections open this long after the sample (pings keep flowing).
         #[arg(long, value_parser = parse_duration, default_value = "10s")]
         hold: Duration,
+        /// Spread the connections over this many bench processes (children of
+        /// this one, each from its own source address), for more than one
+        /// process's open-file limit; server RSS is still summed over every pid given.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=250))]
+        processes: u32,
+        /// Run as one of those children: report the ramp on stdout and hold
+        /// until stdin closes (set by the parent).
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Lag from publish until the message is visible in REST history.
     Persist {
@@ -254,11 +314,14 @@ pub enum Scenario {
 }
 
 impl Command {
-    /// The scenario to run, alone or in a comparison.
-    pub fn scenario(&self) -> &Scenario {
+    /// The scenario to run, alone or in a comparison (none for `compare goals`).
+    pub fn scenario(&self) -> Option<&Scenario> {
         match self {
-            Self::Run(s) => s,
-            Self::Compare(c) => &c.scenario,
+            Self::Run(s) => Some(s),
+            Self::Compare(c) => match &c.what {
+                Compared::Scenario(s) => Some(s),
+                Compared::Goals(_) => None,
+            },
         }
     }
 }
@@ -350,7 +413,7 @@ mod tests {
         let cli = Cli::try_parse_from(args).unwrap();
         let json = serde_json::to_string(&cli.common).unwrap();
         assert!(!json.contains("abc") && !json.contains("s3cret"), "{json}");
-        let json = serde_json::to_value(cli.command.scenario()).unwrap();
+        let json = serde_json::to_value(cli.command.scenario().unwrap()).unwrap();
         assert_eq!(json["latency"]["connections"], 5);
     }
 
@@ -386,7 +449,7 @@ mod tests {
         assert_eq!(cli.common.api, "http://127.0.0.1:9999");
         assert_eq!(cli.common.jwt_secret.as_deref(), Some("s3cret"));
         assert_eq!(cli.common.source_addrs.len(), 2);
-        match cli.command.scenario().clone() {
+        match cli.command.scenario().unwrap().clone() {
             Scenario::Latency {
                 connections,
                 rooms,
@@ -407,17 +470,17 @@ mod tests {
     fn other_scenarios_parse() {
         let c = Cli::try_parse_from(["b", "connections", "-n", "50000", "--rooms", "0"]).unwrap();
         assert!(matches!(
-            c.command.scenario(),
+            c.command.scenario().unwrap(),
             Scenario::Connections {
                 connections: 50000,
                 rooms: 0,
                 ..
             }
         ));
-        assert_eq!(c.command.scenario().name(), "connections");
+        assert_eq!(c.command.scenario().unwrap().name(), "connections");
         let c = Cli::try_parse_from(["b", "persist", "--poll", "50ms"]).unwrap();
         assert!(
-            matches!(c.command.scenario(), Scenario::Persist { poll, .. } if *poll == Duration::from_millis(50))
+            matches!(c.command.scenario().unwrap(), Scenario::Persist { poll, .. } if *poll == Duration::from_millis(50))
         );
         let c = Cli::try_parse_from(["b", "fanout", "-n", "300", "--gateway-pid", "42"]).unwrap();
         assert_eq!(c.common.gateway_pid, vec![42]);
@@ -465,17 +528,48 @@ mod tests {
                 assert_eq!(cmp.pause, Duration::from_secs(1));
                 assert!(!cmp.centrifugo_first);
                 assert!(matches!(
-                    cmp.scenario,
-                    Scenario::Latency {
+                    cmp.what,
+                    Compared::Scenario(Scenario::Latency {
                         connections: 50,
                         rooms: 2,
                         ..
-                    }
+                    })
                 ));
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(c.command.scenario().name(), "latency");
+        assert_eq!(c.command.scenario().unwrap().name(), "latency");
         assert!(Cli::try_parse_from(["b", "compare"]).is_err());
+    }
+
+    #[test]
+    fn compare_goals_parses_its_own_options() {
+        let c = Cli::try_parse_from([
+            "b",
+            "compare",
+            "goals",
+            "--duration",
+            "10s",
+            "--extra",
+            "x.json",
+            "--scale-down",
+            "4",
+        ])
+        .unwrap();
+        assert!(c.command.scenario().is_none());
+        match &c.command {
+            Command::Compare(Compare {
+                what: Compared::Goals(g),
+                ..
+            }) => {
+                assert_eq!(g.duration, Duration::from_secs(10));
+                assert_eq!(g.extra.as_deref(), Some(std::path::Path::new("x.json")));
+                assert_eq!(g.scale_down, 4);
+                assert!(!g.quick);
+                assert_eq!(g.fanout_rate, 100.0);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["b", "compare", "goals", "--scale-down", "0"]).is_err());
     }
 }

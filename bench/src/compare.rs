@@ -406,6 +406,7 @@ fn title(target: &str) -> &'static str {
 pub async fn run(
     common: &Common,
     cmp: &cli::Compare,
+    scenario: &cli::Scenario,
     command: &str,
     interrupt: &CancellationToken,
 ) -> anyhow::Result<Comparison> {
@@ -423,7 +424,7 @@ pub async fn run(
     } else {
         [Target::Confab, Target::Centrifugo]
     };
-    let name = cmp.scenario.name();
+    let name = scenario.name();
     let out: PathBuf = common.out.clone().unwrap_or_else(|| {
         report::default_out(&format!("compare-{name}"), time::OffsetDateTime::now_utc())
     });
@@ -439,7 +440,7 @@ pub async fn run(
             }
         }
         println!("== {} ==", t.title());
-        let r = crate::run_target(common, &cmp.scenario, *t, false, command, interrupt).await?;
+        let r = crate::run_target(common, scenario, *t, false, command, interrupt).await?;
         print!("{}", r.table());
         match t {
             Target::Confab => confab = Some(r),

@@ -8,15 +8,19 @@
 //!
 //! The same scenarios run against Centrifugo (`--target centrifugo`), the
 //! peer that speaks the same protocol; [`target`] holds the little that
-//! differs, and [`compare`] runs both back to back and tabulates the ratios.
+//! differs, [`compare`] runs both back to back and tabulates the ratios, and
+//! [`goals`] runs every scenario behind issue 12's goal table and says which
+//! goals hold.
 
 pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod goals;
 pub mod proto;
 pub mod report;
 pub mod rest;
 pub mod scenario;
+pub mod spread;
 pub mod stats;
 pub mod sys;
 pub mod target;
@@ -27,7 +31,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, Common, Scenario};
+use crate::cli::{Cli, Command, Common, Compared, Scenario};
 use crate::report::Report;
 use crate::target::{Endpoints, Target};
 
@@ -51,10 +55,16 @@ pub async fn run(cli: Cli, command: String, interrupt: CancellationToken) -> any
             print!("{}", report.table());
             save(&report, &out)
         }
-        Command::Compare(cmp) => {
-            compare::run(&cli.common, cmp, &command, &interrupt).await?;
-            Ok(())
-        }
+        Command::Compare(cmp) => match &cmp.what {
+            Compared::Scenario(scenario) => {
+                compare::run(&cli.common, cmp, scenario, &command, &interrupt).await?;
+                Ok(())
+            }
+            Compared::Goals(g) => {
+                goals::run(&cli.common, cmp, g, &command, &interrupt).await?;
+                Ok(())
+            }
+        },
     }
 }
 
@@ -147,7 +157,16 @@ pub async fn run_target(
             rooms,
             settle,
             hold,
-        } => scenario::connections(ctx, connections, rooms, settle, hold).await?,
+            processes,
+            worker,
+        } => {
+            if processes > 1 && !worker {
+                spread::connections(ctx, connections, rooms, settle, hold, processes as usize)
+                    .await?
+            } else {
+                scenario::connections(ctx, connections, rooms, settle, hold, worker).await?
+            }
+        }
         Scenario::Persist {
             rate,
             duration,

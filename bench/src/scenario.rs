@@ -584,29 +584,38 @@ fn expected(shared: &Shared, subs_in_room: &[u64]) -> u64 {
 }
 
 /// `connections`: ramp to N idle connections and watch the gateway's memory.
+/// As a `worker` (one of [`crate::spread`]'s children) it reads no server
+/// figures: it reports its ramp on stdout and holds until stdin closes.
 pub async fn connections(
     mut ctx: Ctx,
     n: usize,
     rooms: usize,
     settle: Duration,
     hold: Duration,
+    worker: bool,
 ) -> anyhow::Result<Report> {
     sys::check_fd_budget(n)?;
-    if ctx.server.pids.is_empty() {
+    let server = if worker {
+        Server::default()
+    } else {
+        ctx.server.clone()
+    };
+    if !worker && server.pids.is_empty() {
         anyhow::bail!(
             "the connections scenario needs the server's pid: {}",
             ctx.pid_error.as_deref().unwrap_or("pass --server-pid")
         );
     }
-    let server = ctx.server.clone();
     let mut mem = MemoryStats {
         server_pids: server.pids.clone(),
         server_nofile: server.nofile(),
-        rss_before_kib: server
-            .rss_kib()
-            .with_context(|| format!("no VmRSS for pid(s) {:?}", server.pids))?,
         ..Default::default()
     };
+    if !worker {
+        mem.rss_before_kib = server
+            .rss_kib()
+            .with_context(|| format!("no VmRSS for pid(s) {:?}", server.pids))?;
+    }
     if let Some(lim) = mem.server_nofile {
         let per = n.div_ceil(server.pids.len()) as u64;
         if lim < per + 100 {
@@ -636,7 +645,7 @@ pub async fn connections(
     let pb = ctx.progress(n as u64, "connecting");
     let step = (n / 10).max(1);
     let mut samples = Vec::new();
-    let mut ok_before = 0usize;
+    let ramp_started_ms = crate::spread::unix_millis();
     let ramp = client::ramp(
         &ctx.targets,
         specs(&fx, n, &sources, ctx.targets.len()),
@@ -648,7 +657,6 @@ pub async fn connections(
         &tracker,
         |done| {
             if done % step == 0 {
-                ok_before = done;
                 if let Some(kib) = server.rss_kib() {
                     samples.push((done, kib));
                 }
@@ -656,7 +664,6 @@ pub async fn connections(
         },
     )
     .await;
-    let _ = ok_before;
     pb.finish_and_clear();
     // Samples were taken by attempts; attempts and successes only differ on failures.
     mem.samples.extend(samples);
@@ -666,6 +673,40 @@ pub async fn connections(
         cpu_before_ramp,
         server.cpu_secs(),
     );
+
+    if worker {
+        crate::spread::announce(
+            crate::spread::READY,
+            &crate::spread::WorkerStatus {
+                conns: ctx.report.connections.clone(),
+                ramp_started_ms,
+                ramp_ended_ms: crate::spread::unix_millis(),
+                bench_rss_kib: sys::rss_kib(std::process::id()),
+            },
+        );
+        // Until the parent closes stdin (or goes away), bounded by --hold.
+        let parent_done = crate::spread::stdin_closed();
+        tokio::select! {
+            _ = ctx.interrupt.cancelled() => {}
+            _ = parent_done.cancelled() => {}
+            _ = tokio::time::sleep(hold) => {}
+        }
+        finish_conn_stats(&mut ctx.report.connections, &ramp, &shared);
+        crate::spread::announce(
+            crate::spread::DONE,
+            &crate::spread::WorkerStatus {
+                conns: ctx.report.connections.clone(),
+                ramp_started_ms,
+                ramp_ended_ms: ramp_started_ms,
+                bench_rss_kib: sys::rss_kib(std::process::id()),
+            },
+        );
+        shutdown(&stop, &tracker).await;
+        ctx.report
+            .notes
+            .push("a worker of a spread run: server figures are in the parent's report".into());
+        return Ok(ctx.report);
+    }
 
     ctx.sleep(settle).await;
     mem.rss_after_kib = server.rss_kib().unwrap_or(0);

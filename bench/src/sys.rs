@@ -83,6 +83,11 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(&s, "VmRSS")
 }
 
+/// How many file descriptors a process has open (sockets included).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// The soft "Max open files" of a `/proc/<pid>/limits` text; `None` for unlimited.
 pub fn limits_nofile(limits: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
@@ -335,6 +340,15 @@ mod tests {
             limits_nofile("Max open files  unlimited unlimited files"),
             None
         );
+    }
+
+    #[test]
+    fn own_fds_are_counted() {
+        let before = open_fds(std::process::id()).unwrap();
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(open_fds(std::process::id()).unwrap() > before);
+        drop(f);
+        assert_eq!(open_fds(u32::MAX), None);
     }
 
     #[test]

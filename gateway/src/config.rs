@@ -11,6 +11,10 @@ use confab_common::jwt::JwtKeys;
 pub struct Config {
     /// Where to listen (`CONFAB_GATEWAY_ADDR`).
     pub addr: SocketAddr,
+    /// Bind the listener with `SO_REUSEPORT`, so that several gateway
+    /// processes on one machine share one port and the kernel spreads new
+    /// connections over them (`CONFAB_GATEWAY_REUSE_PORT`, default false).
+    pub reuse_port: bool,
     pub kafka: KafkaConfig,
     pub log: LogConfig,
     /// Verifies access and subscription tokens.
@@ -94,6 +98,7 @@ impl Config {
         let kafka = KafkaConfig::from_env(env)?;
         Ok(Self {
             addr: confab_common::config::listen_addr(env, "CONFAB_GATEWAY_ADDR", "127.0.0.1:8000")?,
+            reuse_port: env.parse_or("CONFAB_GATEWAY_REUSE_PORT", false)?,
             log: LogConfig::from_env(env)?,
             jwt: JwtKeys::from_env(env)?,
             allowed_origins: env.list("CONFAB_GATEWAY_ALLOWED_ORIGINS"),
@@ -145,5 +150,38 @@ impl Config {
             )?,
             kafka,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_common::config::TEST_JWT_SECRET;
+
+    fn config(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut pairs = vec![
+            ("KAFKA_BROKERS", "unused:9092"),
+            ("CONFAB_JWT_SECRET", TEST_JWT_SECRET),
+        ];
+        pairs.extend_from_slice(extra);
+        Config::from_env(&Env::from_pairs(pairs))
+    }
+
+    #[test]
+    fn reuse_port_is_opt_in() {
+        assert!(!config(&[]).unwrap().reuse_port);
+        let c = config(&[
+            ("CONFAB_GATEWAY_REUSE_PORT", "true"),
+            ("CONFAB_GATEWAY_ADDR", "127.0.0.1:8100"),
+        ])
+        .unwrap();
+        assert!(c.reuse_port);
+        assert_eq!(c.addr, "127.0.0.1:8100".parse().unwrap());
+        assert!(
+            !config(&[("CONFAB_GATEWAY_REUSE_PORT", "false")])
+                .unwrap()
+                .reuse_port
+        );
+        assert!(config(&[("CONFAB_GATEWAY_REUSE_PORT", "sometimes")]).is_err());
     }
 }

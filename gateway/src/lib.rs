@@ -178,6 +178,29 @@ pub async fn run(
     Ok(())
 }
 
+/// Pending connections the listener's accept queue holds (the kernel caps it
+/// at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the gateway's listener on `addr`. With `reuse_port`
+/// (`CONFAB_GATEWAY_REUSE_PORT`) the socket is bound with `SO_REUSEPORT`, so
+/// several gateway processes on one machine can share the port and the
+/// kernel spreads new connections over them; each process holds its own
+/// connections (and its own open-file limit) and consumes every partition.
+pub fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Drops idle rooms every minute, until `stop`.
 async fn sweep(hub: Arc<hub::Hub>, idle: Duration, stop: CancellationToken) {
     let idle_ms = idle.as_millis() as i64;
@@ -193,5 +216,34 @@ async fn sweep(hub: Arc<hub::Hub>, idle: Duration, stop: CancellationToken) {
         }
         ::metrics::gauge!(metrics::ROOMS).set(hub.rooms() as f64);
         ::metrics::gauge!(metrics::WINDOW_BYTES).set(hub.window_bytes() as f64);
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::bind;
+
+    #[tokio::test]
+    async fn reuse_port_lets_listeners_share_a_port() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind(addr, true).expect("a second SO_REUSEPORT listener on the same port");
+        assert_eq!(second.local_addr().unwrap(), addr);
+        // Connections reach one of them.
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = tokio::select! {
+            r = first.accept() => r.unwrap().1,
+            r = second.accept() => r.unwrap().1,
+        };
+        assert_eq!(accepted, client.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn without_reuse_port_the_port_is_taken() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = first.local_addr().unwrap();
+        assert!(bind(addr, false).is_err());
+        // Both must opt in.
+        assert!(bind(addr, true).is_err());
     }
 }
