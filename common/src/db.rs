@@ -471,6 +471,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_search_by_room.sql",
         include_str!("../../migrations/0007_search_by_room.sql"),
     ),
+    (
+        8,
+        "0008_counter_fillfactor.sql",
+        include_str!("../../migrations/0008_counter_fillfactor.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`. Returns
