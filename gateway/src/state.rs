@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use confab_common::ratelimit::{Quota, RateLimiter};
@@ -25,6 +25,12 @@ pub(crate) struct Inner {
     pub(crate) hub: Arc<Hub>,
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) shutdown: CancellationToken,
+    /// Shutdown as sessions watch it: set, then `sessions_stop` is
+    /// cancelled, so a session woken by the one always sees the other.
+    pub(crate) stopping: Arc<AtomicBool>,
+    /// Cancelled right after `stopping` is set; every session's kill token
+    /// is a child of it.
+    pub(crate) sessions_stop: CancellationToken,
     /// Connection tasks, drained at shutdown.
     pub(crate) tracker: TaskTracker,
     /// Open WebSocket sockets, for the connection cap.
@@ -89,11 +95,27 @@ impl Gateway {
         broker_up: Arc<AtomicBool>,
         metrics: PrometheusHandle,
     ) -> Self {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let sessions_stop = CancellationToken::new();
+        {
+            let (shutdown, stopping, sessions_stop) = (
+                shutdown.clone(),
+                Arc::clone(&stopping),
+                sessions_stop.clone(),
+            );
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stopping.store(true, Ordering::Release);
+                sessions_stop.cancel();
+            });
+        }
         Self(Arc::new(Inner {
             config,
             hub,
             publisher,
             shutdown,
+            stopping,
+            sessions_stop,
             tracker: TaskTracker::new(),
             sockets: AtomicUsize::new(0),
             ready: AtomicBool::new(false),

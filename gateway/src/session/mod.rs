@@ -16,6 +16,7 @@
 //! the client may retry; a success means the record is durable.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use confab_common::clock::{now_ms, now_secs};
 use confab_common::jwt::TokenError;
 use confab_common::ratelimit::{Quota, TokenBucket};
 use confab_common::record::{RoomRecord, UserRef};
+use std::future::Future as _;
+
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -632,11 +635,9 @@ pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: Sock
     let _slot = slot;
     let (reader, mut inbound, mut wr) = connection::split(stream, gw.config.write_timeout);
     let (queue_tx, mut queue_rx) = mpsc::channel(gw.config.send_queue);
-    // A child of the gateway's shutdown token: one future tells both a kill
-    // from outside (the hub: a slow consumer, a departed member) and
-    // shutdown, and polling it locks only this session's node, never the
-    // node every session shares.
-    let kill = gw.shutdown.child_token();
+    // A child of the sessions' stop token: one future tells both a kill from
+    // outside (the hub: a slow consumer, a departed member) and shutdown.
+    let kill = gw.sessions_stop.child_token();
     let mut s = Session::new(gw.clone(), kill.clone(), queue_tx);
     // One timer, set to the session's next deadline (not a periodic tick:
     // an idle connection wakes only when it has something to do).
@@ -644,8 +645,12 @@ pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: Sock
     tokio::pin!(timer);
     let mut draining = false;
     // Made once, not per turn of the loop: each new one registers a waiter.
+    // Once registered it is polled again only when a flag says it may be
+    // done (the hub sets a kill code, and the gateway `stopping`, before the
+    // token is cancelled): each poll of the token locks its node.
     let killed = kill.cancelled();
     tokio::pin!(killed);
+    let mut registered = false;
 
     // The close to send when the loop ends, if any.
     let end: Option<(u16, &'static str)> = loop {
@@ -654,9 +659,18 @@ pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: Sock
         let mut rearm = true;
         tokio::select! {
             biased;
-            () = &mut killed, if !draining => {
+            () = std::future::poll_fn(|cx| {
+                // Only the first poll (which registers the waiter) and polls
+                // after a flag is up reach the token.
+                let hinted = gw.stopping.load(Ordering::Acquire)
+                    || s.peer.as_ref().is_some_and(|p| p.kill_code() != 0);
+                if registered && !hinted {
+                    return std::task::Poll::Pending;
+                }
+                killed.as_mut().poll(cx)
+            }), if !draining => {
                 let by_hub = s.peer.as_ref().map(|p| p.kill_code()).filter(|&c| c != 0);
-                if by_hub.is_some() || !gw.shutdown.is_cancelled() {
+                if by_hub.is_some() || !gw.stopping.load(Ordering::Acquire) {
                     let code = by_hub.unwrap_or(Disconnect::SLOW.code);
                     // A slow consumer's socket may not drain; do not wait on it.
                     wr.close(code, "slow", Duration::from_millis(200)).await;
@@ -716,6 +730,7 @@ pub(crate) async fn run<S: connection::Split>(gw: Gateway, stream: S, slot: Sock
             },
             () = &mut timer => disconnect = s.tick(),
         }
+        registered = true;
         if rearm {
             timer.as_mut().reset(s.deadline().into());
         }
