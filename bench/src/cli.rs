@@ -85,15 +85,10 @@ pub enum Compared {
 /// `--quick`) shrinks them for a smoke test, and the report says so.
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Goals {
-    /// How long publishers run in each traffic scenario.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
-    pub duration: Duration,
-    /// Publications of this first part of each traffic run are left out of the histograms.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    pub warmup: Duration,
-    /// How long to wait for outstanding deliveries after publishing stops.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    pub drain: Duration,
+    /// The timing of each traffic scenario.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub timing: Timing,
     /// The idle-memory run: wait after the ramp before the "after" RSS sample.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub settle: Duration,
@@ -217,9 +212,10 @@ pub struct Common {
     pub quiet: bool,
 }
 
-/// Traffic options shared by `latency` and `fanout`.
+/// How long a traffic run lasts: `latency`, `fanout`, and each of them in
+/// `compare goals`.
 #[derive(Debug, Clone, Args, serde::Serialize)]
-pub struct Traffic {
+pub struct Timing {
     /// How long publishers run.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub duration: Duration,
@@ -230,6 +226,14 @@ pub struct Traffic {
     /// How long to wait for outstanding deliveries after publishing stops.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
+}
+
+/// Traffic options shared by `latency` and `fanout`.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct Traffic {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub timing: Timing,
     /// Bytes of padding in each message's text.
     #[arg(long, default_value_t = 0)]
     pub size: usize,
@@ -459,8 +463,8 @@ mod tests {
             } => {
                 assert_eq!((connections, rooms, publishers), (2000, 10, 1));
                 assert_eq!(rate, 500.0);
-                assert_eq!(traffic.duration, Duration::from_secs(10));
-                assert_eq!(traffic.warmup, Duration::from_secs(3));
+                assert_eq!(traffic.timing.duration, Duration::from_secs(10));
+                assert_eq!(traffic.timing.warmup, Duration::from_secs(3));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -562,7 +566,7 @@ mod tests {
                 what: Compared::Goals(g),
                 ..
             }) => {
-                assert_eq!(g.duration, Duration::from_secs(10));
+                assert_eq!(g.timing.duration, Duration::from_secs(10));
                 assert_eq!(g.extra.as_deref(), Some(std::path::Path::new("x.json")));
                 assert_eq!(g.scale_down, 4);
                 assert!(!g.quick);

@@ -82,9 +82,9 @@ pub fn effective(g: &Goals) -> Goals {
     let mut g = g.clone();
     if g.quick {
         g.scale_down = 20;
-        g.duration = Duration::from_secs(2);
-        g.warmup = Duration::from_millis(500);
-        g.drain = Duration::from_secs(2);
+        g.timing.duration = Duration::from_secs(2);
+        g.timing.warmup = Duration::from_millis(500);
+        g.timing.drain = Duration::from_secs(2);
         g.settle = Duration::from_secs(1);
         g.hold = Duration::ZERO;
     }
@@ -106,9 +106,7 @@ pub fn plan(g: &Goals, cmp: &cli::Compare) -> Vec<Planned> {
     let n = |x: usize| (x / k as usize).max(1);
     let rate = |x: f64| x / f64::from(k);
     let traffic = Traffic {
-        duration: g.duration,
-        warmup: g.warmup,
-        drain: g.drain,
+        timing: g.timing.clone(),
         size: 0,
         max_inflight: 1000,
     };
@@ -118,9 +116,9 @@ pub fn plan(g: &Goals, cmp: &cli::Compare) -> Vec<Planned> {
     }
     let t = format!(
         "--duration {} --warmup {} --drain {}",
-        dur(g.duration),
-        dur(g.warmup),
-        dur(g.drain)
+        dur(g.timing.duration),
+        dur(g.timing.warmup),
+        dur(g.timing.drain)
     );
     RunId::ALL
         .iter()
@@ -674,6 +672,10 @@ fn cell(v: Option<f64>, unit: &str) -> String {
     }
 }
 
+fn ratio_cell(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "—".into(), |q| format!("{q:.2}"))
+}
+
 fn holds_cell(r: &GoalRow, scaled: bool) -> String {
     let mark = if scaled && r.source.starts_with("this run") {
         " (scaled run)"
@@ -717,9 +719,7 @@ impl GoalsReport {
                 r.goal,
                 cell(r.confab, &r.unit),
                 cell(r.centrifugo, &r.unit),
-                r.ratio
-                    .map(|q| format!("{q:.2}"))
-                    .unwrap_or_else(|| "—".into()),
+                ratio_cell(r.ratio),
                 holds_cell(r, self.scale_down > 1)
             );
         }
@@ -802,9 +802,7 @@ impl GoalsReport {
                     r.metric,
                     cell(r.confab, &r.unit),
                     cell(r.centrifugo, &r.unit),
-                    r.ratio
-                        .map(|q| format!("{q:.2}"))
-                        .unwrap_or_else(|| "—".into())
+                    ratio_cell(r.ratio)
                 );
             }
         }
@@ -1227,7 +1225,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!((*connections, *rooms, *rate), (10_000, 100, 1000.0));
-                assert_eq!(traffic.duration, Duration::from_secs(60));
+                assert_eq!(traffic.timing.duration, Duration::from_secs(60));
             }
             other => panic!("{other:?}"),
         }
@@ -1265,7 +1263,10 @@ mod tests {
     fn quick_shrinks_everything() {
         let (g, c) = goals_of(&["--quick", "--duration", "60s"]);
         let g = effective(&g);
-        assert_eq!((g.scale_down, g.duration), (20, Duration::from_secs(2)));
+        assert_eq!(
+            (g.scale_down, g.timing.duration),
+            (20, Duration::from_secs(2))
+        );
         let p = plan(&g, &c);
         assert!(matches!(
             p[0].scenario,

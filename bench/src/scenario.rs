@@ -420,11 +420,11 @@ pub async fn traffic(
     let publish_start_ns = client::unix_nanos();
     if !pubs.is_empty() && !ctx.interrupt.is_cancelled() {
         shared.record_after_ns.store(
-            publish_start_ns + t.warmup.as_nanos() as u64,
+            publish_start_ns + t.timing.warmup.as_nanos() as u64,
             Ordering::Relaxed,
         );
         let per_pub = rate / pubs.len() as f64;
-        let deadline = tokio::time::Instant::now() + t.duration;
+        let deadline = tokio::time::Instant::now() + t.timing.duration;
         let text: Arc<str> = Arc::from(format!("bench{}", "x".repeat(t.size)));
         let tick = client::Pacer::new(per_pub, 1.0).tick();
         let mut handles = Vec::with_capacity(pubs.len());
@@ -446,7 +446,7 @@ pub async fn traffic(
                 None,
             )));
         }
-        let pb = ctx.progress(t.duration.as_secs().max(1), "publishing");
+        let pb = ctx.progress(t.timing.duration.as_secs().max(1), "publishing");
         let c = &shared.counters;
         while tokio::time::Instant::now() < deadline && !ctx.interrupt.is_cancelled() {
             ctx.sleep(Duration::from_millis(250)).await;
@@ -466,7 +466,7 @@ pub async fn traffic(
         pb.finish_and_clear();
 
         // Drain: wait for replies and deliveries still on the way.
-        let drain_end = tokio::time::Instant::now() + t.drain;
+        let drain_end = tokio::time::Instant::now() + t.timing.drain;
         while tokio::time::Instant::now() < drain_end && !ctx.interrupt.is_cancelled() {
             let inflight: usize = pubs
                 .iter()
@@ -534,7 +534,7 @@ pub async fn traffic(
     ctx.report.traffic = Some(traffic);
     ctx.report.notes.push(format!(
         "latency excludes publications sent in the first {:.1} s (warm-up); the bench shares the machine with the server",
-        t.warmup.as_secs_f64()
+        t.timing.warmup.as_secs_f64()
     ));
     if ctx.report.memory.is_some() {
         ctx.report.notes.push(
